@@ -1,0 +1,1 @@
+"""Hydra configs for dpd (YAML only; this file makes the folder importable as a config module)."""

@@ -1,0 +1,188 @@
+"""Training windows from a replay buffer, as batches of tensors.
+
+``shape_meta`` (what the policy sees) is inferred from the buffer when not given:
+``obs`` keys are every ``data/`` key except the action key; ``uint8`` arrays of shape
+``[H, W, C]`` are cameras (type ``rgb``, stored HWC, served CHW), the rest ``low_dim``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..window import Window
+from .replay_buffer import DatasetError, ReplayBuffer
+from .sequence import SequenceSampler, split_episodes
+
+
+def _is_image(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    return dtype == np.uint8 and len(shape) == 3 and shape[-1] in (1, 3, 4)
+
+
+def infer_shape_meta(
+    buffer: ReplayBuffer, obs_keys: Sequence[str] | None = None, action_key: str = "action"
+) -> dict[str, Any]:
+    """``{"obs": {key: {"shape", "type"}}, "action": {"shape"}}`` from the buffer's arrays."""
+    keys = buffer.keys()
+    if action_key not in keys:
+        raise DatasetError(f"{buffer.path}: no action array 'data/{action_key}'; keys are {keys}")
+    if obs_keys is None:
+        obs_keys = [k for k in keys if k != action_key]
+    missing = [k for k in obs_keys if k not in keys]
+    if missing:
+        raise DatasetError(f"{buffer.path}: observation keys {missing} not in data/ (keys: {keys})")
+    if not obs_keys:
+        raise DatasetError(f"{buffer.path}: no observation keys (data/ holds only {keys})")
+    a_shape = buffer.shape(action_key)
+    if len(a_shape) != 1:
+        raise DatasetError(
+            f"{buffer.path}: data/{action_key} must be [T, action_dim], got per-step shape {a_shape}"
+        )
+    obs = {}
+    for k in obs_keys:
+        shape, dtype = buffer.shape(k), buffer.dtype(k)
+        if _is_image(shape, dtype):
+            h, w, c = shape
+            obs[k] = {"shape": [c, h, w], "type": "rgb"}
+        else:
+            obs[k] = {"shape": list(shape), "type": "low_dim"}
+    return {"obs": obs, "action": {"shape": list(a_shape)}}
+
+
+def check_shape_meta(expected: Mapping[str, Any], got: Mapping[str, Any], where: str) -> None:
+    """Raise a clear error when two shape_metas disagree (e.g. a checkpoint vs a dataset)."""
+
+    def flat(sm):
+        out = {f"action": tuple(sm["action"]["shape"])}
+        for k, v in sm["obs"].items():
+            out[f"obs.{k}"] = (tuple(v["shape"]), v.get("type", "low_dim"))
+        return out
+
+    a, b = flat(expected), flat(got)
+    if a != b:
+        diff = [
+            f"  {k}: expected {a.get(k, 'absent')}, got {b.get(k, 'absent')}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)
+        ]
+        raise ValueError(f"shape_meta mismatch ({where}):\n" + "\n".join(diff))
+
+
+class SequenceDataset(Dataset):
+    """Windows of ``window.horizon`` steps from selected episodes, loaded into memory.
+
+    ``dataset[idx]`` with an int or an index array returns a (batched) dict::
+
+        {"obs": {key: [B, To, *shape]}, "obs_is_pad": [B, To],
+         "action": [B, H, Da], "action_is_pad": [B, H]}
+
+    Low-dim arrays are float32; cameras stay uint8 ``[B, To, C, H, W]``. Normalization is the
+    policy's job, so this class never changes values.
+    """
+
+    def __init__(
+        self,
+        buffer: ReplayBuffer,
+        shape_meta: Mapping[str, Any],
+        window: Window,
+        episode_mask: np.ndarray | None = None,
+        action_key: str = "action",
+        data: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        self.path = buffer.path
+        self.window = window
+        self.shape_meta = shape_meta
+        self.action_key = action_key
+        self.obs_keys = sorted(shape_meta["obs"])
+        if buffer.n_episodes == 0:
+            raise DatasetError(f"{buffer.path}: the dataset has no episodes")
+        check_shape_meta(
+            shape_meta, infer_shape_meta(buffer, self.obs_keys, action_key), f"dataset {buffer.path}"
+        )
+        if data is None:  # a validation split shares the training split's arrays
+            self.data = buffer.load([*self.obs_keys, action_key])
+            self._check_finite(buffer)
+        else:
+            self.data = dict(data)
+        self.rgb_keys = [k for k in self.obs_keys if shape_meta["obs"][k].get("type") == "rgb"]
+        self.sampler = SequenceSampler(
+            buffer.episode_ends,
+            sequence_length=window.horizon,
+            pad_before=window.pad_before,
+            pad_after=window.pad_after,
+            episode_mask=episode_mask,
+        )
+        if len(self.sampler) == 0:
+            raise DatasetError(f"{buffer.path}: no training windows (empty episode selection)")
+
+    def _check_finite(self, buffer: ReplayBuffer) -> None:
+        for k, arr in self.data.items():
+            if not np.issubdtype(arr.dtype, np.floating):
+                continue
+            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
+            if bad.any():
+                step = int(np.argmax(bad))
+                ep = int(np.searchsorted(buffer.episode_ends, step, side="right"))
+                raise DatasetError(
+                    f"{buffer.path}: data/{k} (shape {tuple(arr.shape)}) contains NaN or inf: "
+                    f"{int(bad.sum())} steps, first at step {step} (episode {ep})"
+                )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, idx: int | Sequence[int] | np.ndarray) -> dict[str, Any]:
+        scalar = np.ndim(idx) == 0
+        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        To, H = self.window.n_obs_steps, self.window.horizon
+        obs_frames, obs_pad = self.sampler.frame_indices(idx, To)
+        act_frames, act_pad = self.sampler.frame_indices(idx, H)
+        obs = {}
+        for k in self.obs_keys:
+            arr = self.data[k][obs_frames.reshape(-1)].reshape(*obs_frames.shape, *self.data[k].shape[1:])
+            if k in self.rgb_keys:
+                obs[k] = torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, -1, -3)))
+            else:
+                obs[k] = torch.from_numpy(arr.astype(np.float32, copy=False))
+        a = self.data[self.action_key]
+        action = a[act_frames.reshape(-1)].reshape(*act_frames.shape, *a.shape[1:])
+        batch = {
+            "obs": obs,
+            "obs_is_pad": torch.from_numpy(obs_pad),
+            "action": torch.from_numpy(action.astype(np.float32, copy=False)),
+            "action_is_pad": torch.from_numpy(act_pad),
+        }
+        if scalar:
+            batch = {
+                "obs": {k: v[0] for k, v in batch["obs"].items()},
+                **{k: v[0] for k, v in batch.items() if k != "obs"},
+            }
+        return batch
+
+    def low_dim_data(self) -> dict[str, np.ndarray]:
+        """Low-dim arrays (incl. action) of the selected episodes, for fitting the normalizer."""
+        rows = self.sampler.table
+        steps = np.unique(np.concatenate([np.arange(s, e) for s, e in np.unique(rows[:, 1:], axis=0)]))
+        keys = [k for k in self.obs_keys if k not in self.rgb_keys] + [self.action_key]
+        return {k: self.data[k][steps] for k in keys}
+
+
+def make_datasets(
+    buffer: ReplayBuffer,
+    shape_meta: Mapping[str, Any],
+    window: Window,
+    val_ratio: float = 0.1,
+    seed: int = 0,
+    action_key: str = "action",
+) -> tuple[SequenceDataset, SequenceDataset | None]:
+    """Train and validation datasets split by episode (validation is None when empty)."""
+    train_mask, val_mask = split_episodes(buffer.n_episodes, val_ratio, seed)
+    train = SequenceDataset(buffer, shape_meta, window, train_mask, action_key)
+    val = None
+    if val_mask.any():
+        val = SequenceDataset(buffer, shape_meta, window, val_mask, action_key, data=train.data)
+    return train, val

@@ -1,0 +1,337 @@
+"""Episodes stored in a zarr group, in Diffusion Policy's layout.
+
+::
+
+    <path>/
+      data/<key>          [N_steps, *shape]  time on axis 0, episodes concatenated
+      meta/episode_ends   [N_episodes] int64 cumulative ends (exclusive)
+      .zattrs             format version, shape_meta, env spec, per-episode info, ...
+
+Reads Diffusion Policy's own files (zarr v2, directory or ``.zip``) and zarr v3 groups. Writes
+zarr v2 by default so that zarr-python 2 (DP's environment) can read what we write.
+
+Appending is atomic per episode: data arrays are extended first, then the per-episode info,
+and ``meta/episode_ends`` last. That last write is the commit: a process killed mid-append
+leaves data beyond ``episode_ends[-1]``, which readers ignore and the next append trims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+FORMAT_NAME = "diffusion_policy_dist.replay_buffer"
+FORMAT_VERSION = 1
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as it is; the message names the file, key and shapes."""
+
+
+def _default_compressor(dtype: np.dtype, zarr_format: int):
+    """zstd via blosc: fast to decode, the usual choice for both images and low-dim data."""
+    if zarr_format == 2:
+        import numcodecs
+
+        shuffle = numcodecs.Blosc.NOSHUFFLE if dtype == np.uint8 else numcodecs.Blosc.SHUFFLE
+        return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=shuffle)
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle" if dtype == np.uint8 else "shuffle")
+
+
+def _default_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    if dtype == np.uint8 and len(shape) >= 2:  # images: one frame per chunk
+        return (1, *shape)
+    return (1024, *shape)
+
+
+class ReplayBuffer:
+    """A zarr-backed store of episodes. Use :meth:`create` or :meth:`open`, not the constructor.
+
+    - ``add_episode({key: [T, *shape]})`` appends one episode atomically;
+    - ``get_episode(i) -> {key: np.ndarray}``;
+    - ``n_episodes``, ``n_steps``, ``episode_ends``, ``episode_lengths``, ``keys()``;
+    - ``attrs``: the root attributes (shape_meta, env spec, episode info ...).
+    """
+
+    def __init__(self, root: zarr.Group, path: str, mode: str) -> None:
+        self.root = root
+        self.path = path
+        self.mode = mode
+        self._validate_and_repair()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        attrs: Mapping[str, Any] | None = None,
+        zarr_format: int = 2,
+    ) -> ReplayBuffer:
+        """Create an empty buffer at ``path``. Refuses to replace an existing path unless
+        ``overwrite`` (use :func:`atomic_buffer` to replace a dataset without a window where it
+        is half-written)."""
+        path = str(path)
+        if os.path.exists(path):
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        root = zarr.open_group(path, mode="w", zarr_format=zarr_format)
+        root.require_group("data")
+        meta = root.require_group("meta")
+        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64")
+        root.attrs.update(
+            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "episode_info": []}
+            | dict(attrs or {})
+        )
+        return cls(root, path, "a")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
+        """Open an existing buffer (``mode`` "r" or "a"). ``.zip`` paths are read-only."""
+        path = str(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"dataset {path} does not exist")
+        if path.endswith(".zip"):
+            if mode != "r":
+                raise ValueError(f"{path}: zip stores are read-only; convert to a directory first")
+            from zarr.storage import ZipStore
+
+            store: Any = ZipStore(path, mode="r")
+        else:
+            store = path
+        try:
+            root = zarr.open_group(store, mode=mode)
+        except Exception as e:  # zarr raises several types for "not a group"
+            raise DatasetError(f"{path} is not a readable zarr group: {e}") from e
+        return cls(root, path, mode)
+
+    # ------------------------------------------------------------------ validation
+    @property
+    def is_ours(self) -> bool:
+        return self.root.attrs.get("format") == FORMAT_NAME
+
+    def _validate_and_repair(self) -> None:
+        p = self.path
+        for name in ("data", "meta"):
+            if name not in self.root:
+                raise DatasetError(
+                    f"{p}: missing group '{name}/'; expected Diffusion Policy's layout "
+                    f"data/<key> + meta/episode_ends (found {sorted(self.root.keys())})"
+                )
+        if "episode_ends" not in self.root["meta"]:
+            raise DatasetError(f"{p}: missing 'meta/episode_ends'")
+        ends_arr = self.root["meta/episode_ends"]
+        ends = np.asarray(ends_arr[:], dtype=np.int64)
+        if ends.ndim != 1:
+            raise DatasetError(f"{p}: meta/episode_ends must be 1-D, got shape {ends.shape}")
+        n_committed = len(ends)
+        # an append killed between resizing and writing episode_ends leaves a fill value (0)
+        while self.is_ours and n_committed and (
+            ends[n_committed - 1] <= (ends[n_committed - 2] if n_committed > 1 else 0)
+        ):
+            n_committed -= 1
+        ends = ends[:n_committed]
+        if len(ends) and (np.any(np.diff(ends) <= 0) or ends[0] <= 0):
+            raise DatasetError(
+                f"{p}: meta/episode_ends must be strictly increasing and positive; got "
+                f"{ends[:10].tolist()}{' ...' if len(ends) > 10 else ''}"
+            )
+        n_steps = int(ends[-1]) if len(ends) else 0
+        stale = {}
+        for key in self.keys():
+            arr = self.root["data"][key]
+            if arr.shape[0] < n_steps:
+                raise DatasetError(
+                    f"{p}: data/{key} has shape {tuple(arr.shape)} ({arr.shape[0]} steps) but "
+                    f"meta/episode_ends says the {len(ends)} episodes end at step {n_steps}"
+                )
+            if arr.shape[0] > n_steps:
+                if not self.is_ours:
+                    raise DatasetError(
+                        f"{p}: data/{key} has shape {tuple(arr.shape)} ({arr.shape[0]} steps) "
+                        f"but meta/episode_ends says the {len(ends)} episodes end at step {n_steps}"
+                    )
+                stale[key] = arr.shape[0]
+        self._ends = ends
+        if (stale or n_committed < ends_arr.shape[0]) and self.mode == "a":
+            warnings.warn(
+                f"{p}: discarding an interrupted append (episode {n_committed}); "
+                f"{len(stale)} data arrays trimmed to {n_steps} steps",
+                stacklevel=3,
+            )
+            for key in stale:
+                arr = self.root["data"][key]
+                arr.resize((n_steps, *arr.shape[1:]))
+            if ends_arr.shape[0] != n_committed:
+                ends_arr.resize((n_committed,))
+            info = list(self.root.attrs.get("episode_info", []))
+            if len(info) > n_committed:
+                self.root.attrs["episode_info"] = info[:n_committed]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def attrs(self):
+        return self.root.attrs
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self._ends.copy()
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(np.concatenate([[0], self._ends]))
+
+    @property
+    def episode_info(self) -> list[dict]:
+        """Per-episode records (seed, mode, expert success, ...) for committed episodes."""
+        return list(self.root.attrs.get("episode_info", []))[: self.n_episodes]
+
+    def keys(self) -> list[str]:
+        return sorted(self.root["data"].array_keys())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Per-step shape of ``data/<key>``."""
+        return tuple(self._array(key).shape[1:])
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._array(key).dtype
+
+    def _array(self, key: str):
+        if key not in self.root["data"]:
+            raise KeyError(f"{self.path}: no key 'data/{key}'; keys are {self.keys()}")
+        return self.root["data"][key]
+
+    def __len__(self) -> int:
+        return self.n_episodes
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{list(self.shape(k))}:{self.dtype(k)}" for k in self.keys())
+        return f"ReplayBuffer({self.path!r}, episodes={self.n_episodes}, steps={self.n_steps}, {shapes})"
+
+    # ------------------------------------------------------------------ reading
+    def episode_slice(self, i: int) -> slice:
+        if not -self.n_episodes <= i < self.n_episodes:
+            raise IndexError(f"{self.path}: episode {i} out of range (n_episodes={self.n_episodes})")
+        i %= self.n_episodes
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return slice(start, int(self._ends[i]))
+
+    def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Episode ``i`` as ``{key: np.ndarray [T, *shape]}``."""
+        sl = self.episode_slice(i)
+        return {k: np.asarray(self._array(k)[sl]) for k in (keys or self.keys())}
+
+    def load(self, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """All committed steps of ``keys`` as in-memory arrays ``[n_steps, *shape]``."""
+        return {k: np.asarray(self._array(k)[: self.n_steps]) for k in (keys or self.keys())}
+
+    def iter_episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(self.n_episodes):
+            yield self.get_episode(i, keys)
+
+    # ------------------------------------------------------------------ writing
+    def add_episode(
+        self,
+        episode: Mapping[str, np.ndarray],
+        info: Mapping[str, Any] | None = None,
+        chunks: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> int:
+        """Append one episode ``{key: [T, *shape]}`` (all keys, equal T) and return its index.
+
+        ``info`` is a JSON-able record kept in ``attrs["episode_info"]`` (e.g. seed, mode).
+        The episode becomes visible only once fully written.
+        """
+        if self.mode == "r":
+            raise PermissionError(f"{self.path} is open read-only; open with mode='a' to append")
+        episode = {k: np.asarray(v) for k, v in episode.items()}
+        if not episode:
+            raise ValueError("add_episode: empty episode dict")
+        lengths = {k: v.shape[0] if v.ndim else None for k, v in episode.items()}
+        T = next(iter(lengths.values()))
+        if T is None or T == 0 or any(n != T for n in lengths.values()):
+            raise ValueError(f"add_episode: every key needs the same non-zero length; got {lengths}")
+        existing = self.keys()
+        if existing and sorted(episode) != existing:
+            raise ValueError(
+                f"add_episode: {self.path} stores keys {existing}, episode has {sorted(episode)}"
+            )
+        for k, v in episode.items():
+            if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+                bad = int(np.argwhere(~np.isfinite(v.reshape(T, -1)).all(1))[0][0])
+                raise ValueError(f"add_episode: {k!r} has NaN/inf (first at step {bad} of {T})")
+            if k in existing:
+                want = self.shape(k)
+                if tuple(v.shape[1:]) != want:
+                    raise ValueError(
+                        f"add_episode: {k!r} has per-step shape {tuple(v.shape[1:])}, "
+                        f"{self.path} stores {want}"
+                    )
+        data = self.root["data"]
+        for k, v in episode.items():
+            if k not in data:
+                shape = tuple(v.shape[1:])
+                data.create_array(
+                    k,
+                    shape=(0, *shape),
+                    chunks=(chunks or {}).get(k, _default_chunks(shape, v.dtype)),
+                    dtype=v.dtype,
+                    compressors=_default_compressor(v.dtype, self.root.metadata.zarr_format),
+                )
+            data[k].append(v.astype(data[k].dtype, copy=False), axis=0)
+        if info is not None or "episode_info" in self.root.attrs:
+            records = list(self.root.attrs.get("episode_info", []))[: self.n_episodes]
+            records.append(dict(info or {}))
+            self.root.attrs["episode_info"] = records
+        new_end = self.n_steps + T
+        self.root["meta/episode_ends"].append(np.array([new_end], dtype=np.int64))  # commit
+        self._ends = np.append(self._ends, new_end)
+        return self.n_episodes - 1
+
+
+@contextlib.contextmanager
+def atomic_buffer(path: str | os.PathLike, overwrite: bool = False, **create_kwargs):
+    """Build a whole new buffer at a temporary path and move it to ``path`` only on success.
+
+    An exception inside the block leaves any existing dataset at ``path`` untouched.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        buf = ReplayBuffer.create(tmp, **create_kwargs)
+        yield buf
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        buf.path = str(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

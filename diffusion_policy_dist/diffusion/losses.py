@@ -1,0 +1,157 @@
+"""Training losses: masked MSE, the generalized energy score and kernel (MMD) scores.
+
+All functions return one value per example (shape ``[B]``); the caller applies a time
+weighting and the batch mean. They know nothing about samplers or networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .schedules import Schedule, log_snr
+
+_SMOOTH = 1e-12  # keeps ||.||^beta differentiable at 0 for beta < 2
+
+
+def _expand_mask(mask: Tensor | None, target: Tensor) -> Tensor | None:
+    """Broadcast a mask ``[B, *prefix]`` (bool or float, 1 = keep) to ``target``'s shape."""
+    if mask is None:
+        return None
+    mask = mask.to(target.dtype)
+    while mask.dim() < target.dim():
+        mask = mask.unsqueeze(-1)
+    return mask.expand_as(target)
+
+
+def mse_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-example mean squared error over the unmasked elements.
+
+    pred, target: ``[B, *shape]``; mask: ``[B, *prefix]`` with 1 for elements that count
+    (e.g. ``~action_is_pad`` of shape ``[B, H]``). Returns ``[B]``.
+    """
+    sq = (pred - target) ** 2
+    m = _expand_mask(mask, target)
+    if m is None:
+        return sq.flatten(1).mean(1)
+    return (sq * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+
+def _pow_norm(sq_dist: Tensor, beta: float) -> Tensor:
+    """``||.||^beta`` from squared distances."""
+    if beta == 2.0:
+        return sq_dist
+    return (sq_dist + _SMOOTH) ** (0.5 * beta)
+
+
+def energy_score(
+    samples: Tensor,
+    target: Tensor,
+    beta: float = 1.0,
+    lam: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Empirical generalized energy score per example (DDM, De Bortoli et al. 2025).
+
+    ``l_i = 1/m sum_j ||x_ij - y_i||^beta - lam / (2 m (m-1)) sum_{j != j'} ||x_ij - x_ij'||^beta``
+
+    samples: ``[B, m, *shape]`` generator samples; target: ``[B, *shape]``; norms are over the
+    flattened ``*shape`` after zeroing masked elements (mask ``[B, *prefix]``, 1 = keep).
+    beta in (0, 2]; lam in [0, 1]. lam=1 with beta<2 is strictly proper; lam=0, beta=2 is the
+    x0 squared error averaged over samples. Returns ``[B]`` (no time weighting, no batch mean).
+    """
+    if samples.dim() != target.dim() + 1 or samples.shape[2:] != target.shape[1:]:
+        raise ValueError(
+            f"energy_score: samples must be [B, m, *shape] with target [B, *shape]; "
+            f"got samples {tuple(samples.shape)} and target {tuple(target.shape)}"
+        )
+    if not 0.0 < beta <= 2.0:
+        raise ValueError(f"energy_score: beta must be in (0, 2], got {beta}")
+    B, m = samples.shape[:2]
+    m_t = _expand_mask(mask, target)
+    if m_t is not None:
+        samples = samples * m_t.unsqueeze(1)
+        target = target * m_t
+    x = samples.reshape(B, m, -1)
+    y = target.reshape(B, 1, -1)
+    confinement = _pow_norm(((x - y) ** 2).sum(-1), beta).mean(1)
+    if lam == 0.0 or m < 2:
+        if lam != 0.0:
+            raise ValueError("energy_score: the interaction term needs m >= 2 samples")
+        return confinement
+    diff = x.unsqueeze(2) - x.unsqueeze(1)  # [B, m, m, D]
+    pair = _pow_norm((diff**2).sum(-1), beta)
+    off_diag = ~torch.eye(m, dtype=torch.bool, device=x.device)
+    interaction = (pair * off_diag).sum((1, 2)) / (m * (m - 1))
+    return confinement - 0.5 * lam * interaction
+
+
+KERNELS = ("rbf", "imq")
+
+
+def _kernel(sq_dist: Tensor, kind: str, h2: Tensor) -> Tensor:
+    if kind == "rbf":
+        return torch.exp(-0.5 * sq_dist / h2)
+    if kind == "imq":
+        return torch.rsqrt(1.0 + sq_dist / h2)
+    raise ValueError(f"unknown kernel {kind!r}; choose one of {KERNELS}")
+
+
+def kernel_score(
+    samples: Tensor,
+    target: Tensor,
+    kernel: str = "rbf",
+    bandwidth: float | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Kernel (MMD) scoring rule per example.
+
+    ``l_i = -2/m sum_j k(x_ij, y_i) + 1/(m(m-1)) sum_{j != j'} k(x_ij, x_ij')``
+
+    ``kernel`` is ``rbf`` (exp(-d^2 / 2h^2)) or ``imq`` ((1 + d^2/h^2)^-1/2). ``bandwidth`` h is
+    fixed when given; otherwise the median heuristic over each example's pairwise distances
+    (samples and target together), treated as a constant. Shapes as in :func:`energy_score`.
+    """
+    if samples.dim() != target.dim() + 1 or samples.shape[2:] != target.shape[1:]:
+        raise ValueError(
+            f"kernel_score: samples must be [B, m, *shape] with target [B, *shape]; "
+            f"got samples {tuple(samples.shape)} and target {tuple(target.shape)}"
+        )
+    B, m = samples.shape[:2]
+    if m < 2:
+        raise ValueError("kernel_score needs m >= 2 samples per example")
+    m_t = _expand_mask(mask, target)
+    if m_t is not None:
+        samples = samples * m_t.unsqueeze(1)
+        target = target * m_t
+    x = samples.reshape(B, m, -1)
+    y = target.reshape(B, 1, -1)
+    d_xy = ((x - y) ** 2).sum(-1)  # [B, m]
+    d_xx = ((x.unsqueeze(2) - x.unsqueeze(1)) ** 2).sum(-1)  # [B, m, m]
+    off_diag = ~torch.eye(m, dtype=torch.bool, device=x.device)
+    if bandwidth is None:
+        with torch.no_grad():
+            pool = torch.cat([d_xy, d_xx[:, off_diag]], dim=1)
+            h2 = pool.median(dim=1).values.clamp_min(1e-6).unsqueeze(-1)
+    else:
+        h2 = torch.full((B, 1), float(bandwidth) ** 2, dtype=x.dtype, device=x.device)
+    k_xy = _kernel(d_xy, kernel, h2)
+    k_xx = _kernel(d_xx, kernel, h2.unsqueeze(-1))
+    return -2.0 * k_xy.mean(1) + (k_xx * off_diag).sum((1, 2)) / (m * (m - 1))
+
+
+WEIGHTINGS = ("uniform", "sigmoid")
+
+
+def time_weight(kind: str, schedule: Schedule, t: Tensor, bias: float = 0.0) -> Tensor:
+    """Per-example loss weight ``w(t)``, shape ``[B]``.
+
+    ``uniform``: 1. ``sigmoid``: ``sigmoid(bias - log_snr(t))``, Kingma & Gao style but on the
+    x0-space loss, so noisy times (the coarse first step) keep full weight while nearly clean
+    times, where x0 is almost x_t, are down-weighted.
+    """
+    if kind == "uniform":
+        return torch.ones_like(t)
+    if kind == "sigmoid":
+        return torch.sigmoid(bias - log_snr(schedule, t)).to(t.dtype)
+    raise ValueError(f"unknown time weighting {kind!r}; choose one of {WEIGHTINGS}")

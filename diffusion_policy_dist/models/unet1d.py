@@ -1,0 +1,168 @@
+"""Conditional 1-D temporal UNet (Diffusion-Policy style) with FiLM conditioning.
+
+The network maps ``x_in [B, H, C_in]``, a time ``t [B]`` in [0, 1] and a global condition
+``cond [B, D]`` to ``[B, H, C_out]``. It knows nothing about schedules or parameterizations:
+whether its input holds extra noise channels, and what its output means, is decided by the
+policy that wraps it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """``t [B]`` -> ``[B, dim]`` sin/cos features. t in [0, 1] is scaled by ``scale`` first so
+    the frequencies cover the same range as DDPM's integer timesteps."""
+
+    def __init__(self, dim: int, scale: float = 1000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"time embedding dim must be even, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / max(half - 1, 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.scale = scale
+
+    def forward(self, t: Tensor) -> Tensor:
+        arg = (t.float() * self.scale)[:, None] * self.freqs[None]
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d -> GroupNorm -> Mish on ``[B, C, H]``."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, n_groups: int = 8) -> None:
+        super().__init__()
+        if c_out % n_groups:
+            raise ValueError(f"channels {c_out} not divisible by GroupNorm groups {n_groups}")
+        self.net = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, c_out),
+            nn.Mish(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class FiLMResBlock1d(nn.Module):
+    """Two conv blocks with a FiLM (per-channel scale and bias) from the condition between them,
+    plus a residual path. ``x [B, C_in, H]``, ``cond [B, D]`` -> ``[B, C_out, H]``."""
+
+    def __init__(
+        self, c_in: int, c_out: int, cond_dim: int, kernel_size: int = 5, n_groups: int = 8
+    ) -> None:
+        super().__init__()
+        self.block1 = Conv1dBlock(c_in, c_out, kernel_size, n_groups)
+        self.block2 = Conv1dBlock(c_out, c_out, kernel_size, n_groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.c_out = c_out
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        h = self.block1(x)
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        h = self.block2(scale * h + bias)
+        return h + self.residual(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """FiLM-conditioned temporal UNet.
+
+    Args:
+        in_channels: channels of ``x_in`` (action dim, plus noise channels for a generator).
+        out_channels: channels of the output (action dim).
+        cond_dim: size of the global condition vector (0 for none).
+        down_dims: channel widths per level; the horizon halves between levels.
+        kernel_size, n_groups: conv kernel and GroupNorm groups.
+        time_embed_dim: width of the diffusion-time embedding.
+
+    ``forward(x [B, H, in_channels], t [B], cond [B, cond_dim] | None) -> [B, H, out_channels]``.
+    H must be divisible by ``2 ** (len(down_dims) - 1)`` (the policy enforces the stricter
+    ``2 ** len(down_dims)``, as LeRobot does, so sizes stay comfortable for every level).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_dim: int = 0,
+        down_dims: Sequence[int] = (64, 128, 256),
+        kernel_size: int = 5,
+        n_groups: int = 8,
+        time_embed_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        down_dims = list(down_dims)
+        if not down_dims:
+            raise ValueError("down_dims must list at least one width")
+        self.in_channels, self.out_channels, self.cond_dim = in_channels, out_channels, cond_dim
+        self.down_dims = down_dims
+        self.time_embed = nn.Sequential(
+            SinusoidalTimeEmbedding(time_embed_dim),
+            nn.Linear(time_embed_dim, 4 * time_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * time_embed_dim, time_embed_dim),
+        )
+        c = time_embed_dim + cond_dim
+
+        def block(a: int, b: int) -> FiLMResBlock1d:
+            return FiLMResBlock1d(a, b, c, kernel_size, n_groups)
+
+        widths = [in_channels, *down_dims]
+        self.down = nn.ModuleList()
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            last = i == len(down_dims) - 1
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        block(a, b),
+                        block(b, b),
+                        nn.Conv1d(b, b, 3, stride=2, padding=1) if not last else nn.Identity(),
+                    ]
+                )
+            )
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]) for _ in range(2)])
+        self.up = nn.ModuleList()
+        # every decoder level upsamples once, undoing the len(down_dims)-1 downsamples
+        for a, b in reversed(list(itertools.pairwise(widths[1:]))):
+            self.up.append(
+                nn.ModuleList(
+                    [block(2 * b, a), block(a, a), nn.ConvTranspose1d(a, a, 4, stride=2, padding=1)]
+                )
+            )
+        self.head = nn.Sequential(
+            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+            nn.Conv1d(down_dims[0], out_channels, 1),
+        )
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"ConditionalUnet1D expects x [B, H, {self.in_channels}], got {tuple(x.shape)}"
+            )
+        c = self.time_embed(t.expand(x.shape[0]))
+        if self.cond_dim:
+            if cond is None or cond.shape != (x.shape[0], self.cond_dim):
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"expected cond [{x.shape[0]}, {self.cond_dim}], got {got}")
+            c = torch.cat([c, cond], dim=-1)
+        h = x.transpose(1, 2)
+        skips = []
+        for res1, res2, down in self.down:
+            h = res2(res1(h, c), c)
+            skips.append(h)
+            h = down(h)
+        for res in self.mid:
+            h = res(h, c)
+        for res1, res2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = res2(res1(h, c), c)
+            h = up(h)
+        return self.head(h).transpose(1, 2)

@@ -1,0 +1,58 @@
+"""Shared fixtures: small synthetic datasets and fast configs. Everything runs offline on CPU."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_policy_dist.cli.main import compose
+from diffusion_policy_dist.data import ReplayBuffer
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def write_bimodal(path, n_obs_values=6, episodes_per_value=8, T=20, c=0.8, seed=0):
+    """Conditional bimodal toy: o is one of a few values; for each o, half of the episodes
+    have every action = +c and half = -c, so E[a | o] = 0 exactly."""
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(-1, 1, size=(n_obs_values, 3)).astype(np.float32)
+    buf = ReplayBuffer.create(path, overwrite=True, attrs={"toy": "bimodal"})
+    for v in values:
+        signs = np.array([1, -1] * (episodes_per_value // 2))
+        rng.shuffle(signs)
+        for s in signs:
+            obs = np.repeat(v[None], T, 0) + 0.01 * rng.standard_normal((T, 3)).astype(np.float32)
+            buf.add_episode(
+                {"state": obs, "action": np.full((T, 2), s * c, np.float32)},
+                info={"mode": int(s > 0)},
+            )
+    return buf
+
+
+@pytest.fixture(scope="session")
+def bimodal_zarr(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "bimodal.zarr"
+    write_bimodal(path)
+    return str(path)
+
+
+def fast_cfg(dataset, output_dir, *overrides):
+    """A composed train config sized for unit tests (tiny network, small batches)."""
+    return compose(
+        "train",
+        [
+            f"dataset.path={dataset}",
+            f"output_dir={output_dir}",
+            "network=tiny",
+            "training.batch_size=32",
+            "training.progress=false",
+            "training.warmup_steps=10",
+            "training.val_every=0",
+            "training.log_every=10",
+            "loss.m=4",
+            *overrides,
+        ],
+    )
