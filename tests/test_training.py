@@ -185,6 +185,8 @@ def test_core_claim_in_miniature(bimodal_zarr, tmp_path):
     dist = results["distributional"]
     frac_pos = (dist > 0).float().mean().item()
     assert 0.3 <= frac_pos <= 0.7, frac_pos
-    assert dist.abs().mean().item() > 0.6 * c  # samples sit on the modes, not between them
-    mse = results["ddpm"]
-    assert mse.abs().mean().item() < 0.25 * c, mse.abs().mean()
+    on_mode = (dist.abs() > 0.75 * c).float().mean().item()
+    assert on_mode > 0.8, on_mode  # samples sit on the modes, not between them
+    mse = results["ddpm"].view(6, 100)
+    assert mse.mean(1).abs().max().item() < 0.15 * c, mse.mean(1)  # E[a | o] ~ 0 for every o
+    assert (mse.abs() > 0.75 * c).float().mean().item() < 0.1  # and it rarely lands on a mode

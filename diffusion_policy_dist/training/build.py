@@ -21,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..data import ReplayBuffer, infer_shape_meta, make_datasets
+from ..data.collect import demo_mode_freq
 from ..data.dataset import check_shape_meta
 from ..policy import DiffusionPolicy, PolicyConfig, Window
 from ..policy.config import from_dict, to_dict
@@ -114,6 +115,7 @@ def train_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         },
         "policy": to_dict(policy.cfg),
         "env": dict(buffer.attrs.get("env") or {}) or None,
+        "demo_mode_freq": demo_mode_freq(buffer),
         "dataset": {
             "path": os.path.abspath(buffer.path),
             "n_episodes": buffer.n_episodes,
