@@ -123,15 +123,23 @@ class GymAdapter(gym.Wrapper):
 
 
 class SafeEnv(gym.Wrapper):
-    """Turns any exception (or a MuJoCo instability warning) inside step/reset into a terminated,
-    failed episode with ``info["crashed"] = True`` and the error text, so one broken env never
-    takes down an evaluation. Optionally records rendered frames for videos."""
+    """Makes any env safe to run inside a vector env that only resets at chunk boundaries.
+
+    - An exception in step/reset (or a MuJoCo instability warning) ends the episode as a failure
+      with ``info["crashed"] = True`` and the error text; it never reaches the runner.
+    - The end of an episode is reported in ``info["done"]`` (with the env's own
+      ``terminated``/``truncated`` flags), never to the vector env, and later steps are no-ops
+      that repeat the terminal observation. So every env can be stepped until the runner resets
+      it, whatever the vector env's autoreset rules.
+    - With ``record`` set, rendered frames are kept for a video (``pop_frames``).
+    """
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         self.record = False
         self.frames: list[np.ndarray] = []
         self._last_obs: Any = None
+        self._final: tuple | None = None
         self._warn_counts = self._mujoco_warnings()
 
     def _mujoco_warnings(self) -> int | None:
@@ -156,45 +164,63 @@ class SafeEnv(gym.Wrapper):
             return self._last_obs
         return self.observation_space.sample()
 
-    def _crash(self, where: str, err: BaseException) -> tuple:
-        info = {
+    def _crash_info(self, where: str, err: BaseException) -> dict:
+        return {
             "is_success": False,
             "mode": -1,
             "crashed": True,
+            "done": True,
             "error": f"{where}: {type(err).__name__}: {err}",
             "traceback": traceback.format_exc(limit=3),
         }
-        return self._placeholder_obs(), 0.0, True, False, info
 
     def reset(self, **kwargs):
         self.frames = []
+        self._final = None
         try:
             obs, info = self.env.reset(**kwargs)
         except Exception as e:  # a broken reset is a failed episode, not a crashed run
-            obs, _, _, _, info = self._crash("reset", e)
-            info["reset_failed"] = True
-            return obs, info
+            info = self._crash_info("reset", e)
+            self._final = (self._placeholder_obs(), info)
+            return self._placeholder_obs(), info
         self._last_obs = obs
         self._warn_counts = self._mujoco_warnings()
         if self.record:
             self._grab()
-        return obs, {**info, "crashed": False}
+        return obs, {**info, "crashed": False, "done": False}
 
     def step(self, action):
+        if self._final is not None:  # episode over: hold still until the runner resets
+            obs, info = self._final
+            return obs, 0.0, False, False, info
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as e:
-            return self._crash("step", e)
+            info = self._crash_info("step", e)
+            self._final = (self._placeholder_obs(), info)
+            return self._placeholder_obs(), 0.0, False, False, info
         warn = self._mujoco_warnings()
         if warn is not None and self._warn_counts is not None and warn > self._warn_counts:
             self._warn_counts = warn
-            return self._crash(
+            info = self._crash_info(
                 "step", RuntimeError("MuJoCo instability warning (bad qpos/qvel/qacc)")
             )
+            self._final = (obs, info)
+            return obs, 0.0, False, False, info
         self._last_obs = obs
         if self.record:
             self._grab()
-        return obs, reward, terminated, truncated, {**info, "crashed": False}
+        done = bool(terminated or truncated)
+        info = {
+            **info,
+            "crashed": False,
+            "done": done,
+            "terminated": bool(terminated),
+            "truncated": bool(truncated),
+        }
+        if done:
+            self._final = (obs, info)
+        return obs, reward, False, False, info
 
     def _grab(self) -> None:
         try:

@@ -195,13 +195,20 @@ def evaluate(
     Ta = policy.window.n_action_steps
     slots = _Slots(n, policy.window.n_obs_steps)
     envs = _make_vector(env_spec, n, cfg.video > 0, cfg.vector)
-    act_shape = envs.single_action_space.shape
+    space = envs.single_action_space
+    if not isinstance(space, gym.spaces.Box) or space.shape != (policy.action_dim,):
+        envs.close()
+        raise ValueError(
+            f"env {env_spec.get('env_id') or env_spec.get('task')}: action space {space} does not "
+            f"fit the policy's continuous actions of shape ({policy.action_dim},)"
+        )
+    act_shape = space.shape
     last_action = np.zeros((n, *act_shape), dtype=np.float32)
     stats = {i: {"ret": 0.0, "len": 0, "success": False} for i in range(n)}
     chunk_batch_ms: list[float] = []
     nfe_seen = set()
     first_history: dict[str, torch.Tensor] | None = None
-    next_ep = 0
+    pending = collections.deque(range(cfg.episodes))
     bar = tqdm(
         total=cfg.episodes,
         desc=f"eval {sc.describe()}",
@@ -212,12 +219,10 @@ def evaluate(
     t_start = time.perf_counter()
 
     def start_episodes(which: list[int]) -> None:
-        nonlocal next_ep, envs
         assign = {}
         for i in which:
-            if next_ep < cfg.episodes:
-                assign[i] = next_ep
-                next_ep += 1
+            if pending:
+                assign[i] = pending.popleft()
             else:
                 slots.episode[i], slots.done[i] = -1, True
         if not assign:
@@ -255,7 +260,10 @@ def evaluate(
 
     try:
         start_episodes(list(range(n)))
-        while slots.running():
+        while slots.running() or pending:
+            if not slots.running():  # every slot idle (after a rebuild): restart from the queue
+                start_episodes(list(range(n)))
+                continue
             running = slots.running()
             hist = policy_obs([list(slots.history[i]) for i in running], policy.shape_meta, dev)
             if first_history is None:
@@ -273,20 +281,28 @@ def evaluate(
                     break
                 try:
                     obs, rew, term, trunc, info = envs.step(full[:, k])
-                except Exception as e:  # a worker died: fail its episodes, rebuild the envs
+                except Exception as e:  # a worker process died: fail its episode only
+                    procs = getattr(envs, "processes", [])
+                    dead = [j for j, proc in enumerate(procs) if not proc.is_alive()]
+                    culprits = [j for j in live if j in dead] or live
                     print(
-                        f"[eval] vector env failed ({type(e).__name__}: {e}); rebuilding",
+                        f"[eval] env worker(s) {culprits} died ({type(e).__name__}: {e}); "
+                        "rebuilding the envs and re-running the other episodes",
                         file=sys.stderr,
                     )
-                    for i in live:
-                        finish(i, {"error": [str(e)] * n}, crashed=True)
+                    for j in culprits:
+                        err = f"env worker died: {type(e).__name__}: {e}"
+                        finish(j, {"error": [err] * n}, crashed=True)
+                    for j in live:
+                        if j not in culprits:  # innocent bystanders start again from their seed
+                            pending.appendleft(slots.episode[j])
+                            slots.done[j] = True
                     try:
-                        envs.close(terminate=True) if isinstance(
-                            envs, AsyncVectorEnv
-                        ) else envs.close()
+                        envs.close(terminate=True)
                     except Exception:
                         pass
                     envs = _make_vector(env_spec, n, cfg.video > 0, cfg.vector)
+                    slots.episode = [-1] * n
                     break
                 last_action = full[:, k].copy()
                 per_env = _split_obs(obs, n)
@@ -296,13 +312,13 @@ def evaluate(
                     stats[i]["success"] |= bool(_info_at(info, "is_success", i, False))
                     slots.history[i].append(per_env[i])
                     crashed = bool(_info_at(info, "crashed", i, False))
-                    if term[i] or trunc[i] or crashed:
+                    if bool(_info_at(info, "done", i, False)) or term[i] or trunc[i]:
                         finish(i, info, crashed=crashed)
-            ended = [i for i in range(n) if slots.done[i] and slots.episode[i] >= 0]
-            if cfg.video > 0 and any(slots.episode[i] < cfg.video for i in ended) and out_dir:
+            ended = [i for i in range(n) if slots.done[i]]
+            if cfg.video > 0 and any(0 <= slots.episode[i] < cfg.video for i in ended) and out_dir:
                 frames = envs.call("pop_frames")
                 for i in ended:
-                    if slots.episode[i] < cfg.video and frames[i]:
+                    if 0 <= slots.episode[i] < cfg.video and frames[i]:
                         write_video(
                             frames[i],
                             out_dir / "videos" / f"episode_{slots.episode[i]:03d}",
