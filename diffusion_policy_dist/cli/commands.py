@@ -174,3 +174,15 @@ def info(cfg: dict[str, Any]) -> None:
     print(
         json.dumps({k: ck.meta.get(k) for k in keep} | {"policy": ck.meta.get("policy")}, indent=1)
     )
+
+
+def bench(cfg: dict[str, Any]) -> dict[str, Any]:
+    from ..benchmarks.bench import run
+
+    return run(cfg)
+
+
+def demo(cfg: dict[str, Any]) -> dict[str, Any]:
+    from .demo import run
+
+    return run(cfg)

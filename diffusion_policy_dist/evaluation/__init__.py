@@ -10,11 +10,12 @@ from .envs import (
     make_env,
 )
 from .metrics import mode_frequencies, wilson_interval
-from .runner import EvalConfig, evaluate, format_summary
+from .runner import EnvPool, EvalConfig, evaluate, format_summary
 
 __all__ = [
     "EVAL_SEED_BASE",
     "VALIDATION_SEED_BASE",
+    "EnvPool",
     "EvalConfig",
     "GymAdapter",
     "SafeEnv",

@@ -43,7 +43,8 @@ class EvalConfig:
     video: int = 0
     video_format: str = "gif"
     vector: str = "async"
-    torch_threads: int | None = 1
+    torch_threads: int | None = 1  # for the batch-1 latency measurement
+    rollout_threads: int | None = None  # for the batched rollouts (None: torch's default)
     latency_trials: int = 30
     policy_seed: int = 0
     progress: bool = True
@@ -109,6 +110,49 @@ def policy_obs(
     return out
 
 
+class EnvPool:
+    """A vector env of ``n`` copies of an env, shareable by several evaluations (starting env
+    worker processes costs seconds, which adds up over a benchmark's many samplers)."""
+
+    def __init__(self, env_spec: Mapping, n: int, render: bool = False, vector: str = "async"):
+        self.spec, self.n, self.render, self.vector = dict(env_spec), n, render, vector
+        self.envs = _make_vector(self.spec, n, render, vector)
+
+    def rebuild(self) -> None:
+        self.close()
+        self.envs = _make_vector(self.spec, self.n, self.render, self.vector)
+
+    def close(self) -> None:
+        try:
+            if isinstance(self.envs, AsyncVectorEnv):
+                self.envs.close(terminate=True)
+            else:
+                self.envs.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _dead_workers(envs: gym.vector.VectorEnv, wait_s: float = 2.0) -> list[int]:
+    """Indices of the vector env's worker processes that have exited.
+
+    A worker's pipe reaches EOF a moment before its process can be reaped, so a dead worker can
+    still look alive right after the failed call: poll for up to ``wait_s`` before giving up.
+    """
+    procs = getattr(envs, "processes", [])
+    deadline = time.perf_counter() + wait_s
+    while True:
+        dead = [j for j, proc in enumerate(procs) if not proc.is_alive()]
+        if dead or not procs or time.perf_counter() > deadline:
+            return dead
+        time.sleep(0.02)
+
+
 def _make_vector(env_spec: Mapping, n: int, render: bool, kind: str) -> gym.vector.VectorEnv:
     fns = [functools.partial(make_env, dict(env_spec), render) for _ in range(n)]
     if kind == "async" and n > 1:
@@ -171,19 +215,21 @@ def evaluate(
     output_dir: str | Path | None = None,
     checkpoint: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    pool: EnvPool | None = None,
 ) -> dict[str, Any]:
     """Roll ``policy`` out in the env ``env_spec`` describes and return (and write) the results.
 
     ``sampler`` overrides the policy's default sampler. Writes ``eval.json`` and videos to
-    ``output_dir`` when given.
+    ``output_dir`` when given. ``pool`` reuses running env workers (it must hold
+    ``min(n_envs, episodes)`` envs of this spec, rendering if videos are wanted).
     """
     cfg = from_dict(EvalConfig, cfg, "eval")
     sc = policy.sampler_cfg if sampler is None else from_dict(SamplerConfig, sampler, "sampler")
     policy.eval()
     dev = policy.device
     threads_before = torch.get_num_threads()
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.rollout_threads:
+        torch.set_num_threads(int(cfg.rollout_threads))
     out_dir = Path(output_dir) if output_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,10 +240,19 @@ def evaluate(
     gen = torch.Generator(device=dev).manual_seed(cfg.policy_seed)
     Ta = policy.window.n_action_steps
     slots = _Slots(n, policy.window.n_obs_steps)
-    envs = _make_vector(env_spec, n, cfg.video > 0, cfg.vector)
+    own_pool = pool is None
+    if pool is None:
+        pool = EnvPool(env_spec, n, cfg.video > 0, cfg.vector)
+    elif pool.n != n or pool.spec != dict(env_spec) or (cfg.video > 0 and not pool.render):
+        raise ValueError(
+            f"the env pool ({pool.n} x {pool.spec.get('env_id')}, render={pool.render}) does not "
+            f"fit this evaluation ({n} x {env_spec.get('env_id')}, video={cfg.video})"
+        )
+    envs = pool.envs
     space = envs.single_action_space
     if not isinstance(space, gym.spaces.Box) or space.shape != (policy.action_dim,):
-        envs.close()
+        if own_pool:
+            pool.close()
         raise ValueError(
             f"env {env_spec.get('env_id') or env_spec.get('task')}: action space {space} does not "
             f"fit the policy's continuous actions of shape ({policy.action_dim},)"
@@ -282,8 +337,7 @@ def evaluate(
                 try:
                     obs, rew, term, trunc, info = envs.step(full[:, k])
                 except Exception as e:  # a worker process died: fail its episode only
-                    procs = getattr(envs, "processes", [])
-                    dead = [j for j, proc in enumerate(procs) if not proc.is_alive()]
+                    dead = _dead_workers(envs)
                     culprits = [j for j in live if j in dead] or live
                     print(
                         f"[eval] env worker(s) {culprits} died ({type(e).__name__}: {e}); "
@@ -297,11 +351,8 @@ def evaluate(
                         if j not in culprits:  # innocent bystanders start again from their seed
                             pending.appendleft(slots.episode[j])
                             slots.done[j] = True
-                    try:
-                        envs.close(terminate=True)
-                    except Exception:
-                        pass
-                    envs = _make_vector(env_spec, n, cfg.video > 0, cfg.vector)
+                    pool.rebuild()
+                    envs = pool.envs
                     slots.episode = [-1] * n
                     break
                 last_action = full[:, k].copy()
@@ -328,13 +379,28 @@ def evaluate(
             start_episodes(ended)
     finally:
         bar.close()
-        try:
-            envs.close()
-        except Exception:
-            pass
+        if own_pool:
+            pool.close()
     rollout_s = time.perf_counter() - t_start
     done_records = [r for r in records if r is not None]
-    lat = measure_latency(policy, first_history, sc, cfg.latency_trials, cfg.policy_seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.latency_trials > 0 and first_history is not None:
+        # fewer timed calls at high NFE: a 100-step call is already 100 forwards long
+        trials = max(10, min(cfg.latency_trials, cfg.latency_trials * 16 // max(sc.steps, 16)))
+        lat = measure_latency(policy, first_history, sc, trials, cfg.policy_seed)
+    else:  # timing skipped (e.g. while tuning on validation seeds)
+        nan = float("nan")
+        lat = {
+            "nfe": max(nfe_seen) if nfe_seen else sc.steps,
+            "latency_ms_p50": nan,
+            "latency_ms_p95": nan,
+            "latency_ms_mean": nan,
+            "forward_ms_p50": nan,
+            "forward_ms_p95": nan,
+            "latency_over_forward": nan,
+            "prior_ms_p50": nan,
+        }
     torch.set_num_threads(threads_before)
     successes = sum(r["success"] for r in done_records)
     N = len(done_records)
@@ -355,10 +421,10 @@ def evaluate(
         "forward_ms_p50": lat["forward_ms_p50"],
         "latency_over_forward": lat["latency_over_forward"],
         "prior_ms_p50": lat["prior_ms_p50"],
-        "max_replan_hz": 1000.0 / lat["latency_ms_p95"] if lat["latency_ms_p95"] > 0 else math.inf,
+        "max_replan_hz": 1000.0 / lat["latency_ms_p95"] if lat["latency_ms_p95"] > 0 else math.nan,
         "control_rate_hz": Ta * 1000.0 / lat["latency_ms_p95"]
         if lat["latency_ms_p95"] > 0
-        else math.inf,
+        else math.nan,
         "batch_latency_ms_p50": percentiles(chunk_batch_ms)["p50"],
         "mean_return": float(np.mean([r["return"] for r in done_records])) if N else 0.0,
         "mean_length": float(np.mean([r["length"] for r in done_records])) if N else 0.0,

@@ -160,6 +160,7 @@ class Trainer:
         self.elapsed_s = 0.0
         self._stop_requested = False
         self._tb = None
+        self._budget_marks: set[int] = set()
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -174,6 +175,7 @@ class Trainer:
             epoch=self.epoch,
             total_steps=self.total_steps,
             train_wallclock_s=round(self.elapsed_s, 3),
+            peak_memory_mb=round(peak_memory_mb(self.device), 1),
         )
         state = {
             "optimizer": self.optimizer.state_dict(),
@@ -357,7 +359,9 @@ class Trainer:
                 self.elapsed_s += time.perf_counter() - t0
                 steps_since_log += 1
                 last = info
-                if cfg.time_budget_s is not None and self.step == min(10, self.total_steps):
+                if cfg.time_budget_s is not None and (
+                    self.step == min(10, self.total_steps) or self.step in self._budget_marks
+                ):
                     self._fit_budget()
                     bar.total = self.total_steps
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
@@ -404,10 +408,23 @@ class Trainer:
         }
 
     def _fit_budget(self) -> None:
-        """With a wall-clock budget, fix the step count from the measured speed so the LR
-        schedule still ends at zero (and the count is saved for an exact resume)."""
+        """With a wall-clock budget, set the step count from the measured speed so the LR
+        schedule still ends at zero; re-estimated at 25% and 50% of the run (the count is saved
+        in checkpoints, so a resumed run keeps it)."""
         per_step = self.elapsed_s / max(self.step, 1)
         self.total_steps = max(self.step, int(self.cfg.time_budget_s / max(per_step, 1e-9)))
+        if self.step <= 10:
+            self._budget_marks = {int(self.total_steps * f) for f in (0.25, 0.5)} - {self.step}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of training so far: the CUDA allocator's peak on a GPU, else the process's
+    peak resident set (run each training in its own process to compare runs)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _canon(x: Any) -> str:

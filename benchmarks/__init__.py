@@ -1,0 +1,1 @@
+"""Benchmarks (imported as diffusion_policy_dist.benchmarks); results in benchmarks/results/."""

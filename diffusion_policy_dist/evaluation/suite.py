@@ -1,0 +1,241 @@
+"""Experiment plumbing shared by ``dpd bench`` and ``dpd demo``: reuse or collect a dataset,
+train through the one ``dpd train`` path (in a subprocess, so each run's peak memory is its
+own), evaluate many samplers with one set of env workers, and report tables and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..training.checkpoint import CheckpointError, load_checkpoint
+
+
+def ensure_dataset(
+    task: str,
+    episodes: int,
+    path: str | Path,
+    obs: str = "lowdim",
+    seed: int = 0,
+    workers: int = 2,
+    image_size: int = 96,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Collect (or top up) ``episodes`` expert demonstrations at ``path``."""
+    from ..data.collect import collect
+
+    return collect(
+        task,
+        episodes,
+        str(path),
+        obs_mode=obs,
+        seed=seed,
+        workers=workers,
+        image_size=image_size,
+        progress=progress,
+    )
+
+
+def train_run(
+    overrides: Sequence[str], output_dir: str | Path, quiet: bool = False
+) -> dict[str, Any]:
+    """``dpd train <overrides> output_dir=<dir>`` in a subprocess; returns the checkpoint's meta.
+
+    A finished run in ``output_dir`` is reused (the trainer resumes and stops at once), so an
+    interrupted benchmark continues where it stopped.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffusion_policy_dist.cli.main",
+        "train",
+        *overrides,
+        f"output_dir={output_dir}",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL if quiet else None,
+        stderr=subprocess.PIPE if quiet else None,
+        text=True,
+    )
+    if res.returncode != 0:
+        tail = (res.stderr or "")[-2000:] if quiet else ""
+        raise RuntimeError(f"training failed ({' '.join(cmd)}):\n{tail}")
+    return load_checkpoint(output_dir).meta
+
+
+def checkpoint_done(output_dir: str | Path) -> bool:
+    try:
+        meta = load_checkpoint(output_dir).meta
+    except CheckpointError:
+        return False
+    return int(meta.get("step", 0)) >= int(meta.get("total_steps", 1))
+
+
+def method_name(sampler: Mapping[str, Any]) -> str:
+    m = sampler["method"]
+    if m == "distributional":
+        return f"distributional (churn {sampler.get('churn', 0.0):g})"
+    return m
+
+
+def result_row(task: str, model: str, res: Mapping[str, Any]) -> dict[str, Any]:
+    """One benchmark row (the keys of the results contract, plus context)."""
+    s = res["sampler"]
+    return {
+        "task": task,
+        "method": method_name(s),
+        "model": model,
+        "nfe": res["nfe"],
+        "churn": s.get("churn"),
+        "lam": s.get("lam"),
+        "success_rate": res["success_rate"],
+        "success_ci95": res["success_ci95"],
+        "mode_freq": res["mode_freq"],
+        "latency_ms_p50": res["latency_ms_p50"],
+        "latency_ms_p95": res["latency_ms_p95"],
+        "latency_over_forward": res["latency_over_forward"],
+        "forward_ms_p50": res["forward_ms_p50"],
+        "control_rate_hz": res["control_rate_hz"],
+        "episodes": res["episodes"],
+        "crashed": res["crashed"],
+    }
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], demo_modes: Mapping[str, float] | None
+) -> str:
+    head = (
+        "| method | NFE | success (95% CI) | modes of successes | latency p50 / p95 (ms) "
+        "| x forward | control rate (actions/s) |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        opts = ""
+        if r.get("lam") is not None:
+            opts = f" (lam {r['lam']:g})"
+        modes = ", ".join(
+            f"{k} {v:.0%}" for k, v in (r.get("mode_freq") or {}).items() if k != "undetermined"
+        )
+        lines.append(
+            f"| {r['method']}{opts} | {r['nfe']} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
+            f"{modes or '-'} | {r['latency_ms_p50']:.1f} / {r['latency_ms_p95']:.1f} | "
+            f"{r['latency_over_forward']:.2f} | {r['control_rate_hz']:.0f} |"
+        )
+    if demo_modes:
+        lines.append("")
+        lines.append(
+            "Demonstrations' modes: " + ", ".join(f"{k} {v:.0%}" for k, v in demo_modes.items())
+        )
+    return "\n".join(lines)
+
+
+STYLE = {
+    "distributional (churn 0)": ("tab:blue", "o", "-"),
+    "distributional (churn 1)": ("tab:cyan", "s", "--"),
+    "ddim": ("tab:orange", "^", "-"),
+    "conjugate": ("tab:red", "v", "-."),
+    "ddpm": ("black", "*", ""),
+}
+
+
+def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
+    """Success vs NFE (with 95% CIs) and latency vs NFE, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["nfe"])
+        color, marker, ls = STYLE.get(m, ("gray", "o", "-"))
+        x = [r["nfe"] for r in rs]
+        y = [r["success_rate"] for r in rs]
+        err = [
+            [r["success_rate"] - r["success_ci95"][0] for r in rs],
+            [r["success_ci95"][1] - r["success_rate"] for r in rs],
+        ]
+        ax1.errorbar(
+            x,
+            y,
+            yerr=err,
+            label=m,
+            color=color,
+            marker=marker,
+            linestyle=ls or "none",
+            capsize=3,
+            markersize=7 if m == "ddpm" else 5,
+        )
+        ax2.plot(
+            x,
+            [r["latency_ms_p50"] for r in rs],
+            label=m,
+            color=color,
+            marker=marker,
+            linestyle=ls or "none",
+            markersize=9 if m == "ddpm" else 5,
+        )
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE (network calls per action chunk)")
+        ax.grid(alpha=0.3, which="both")
+    ax1.set_ylabel("success rate")
+    ax1.set_ylim(-0.03, 1.03)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("latency per chunk, p50 (ms, batch 1)")
+    ax1.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(
+        json.dumps(
+            obj,
+            indent=1,
+            default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x),
+        )
+    )
+    tmp.replace(path)
+
+
+class StageClock:
+    """Prints stage headers with elapsed time and a running estimate of the time left."""
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        self.weights = dict(weights)
+        self.done: dict[str, float] = {}
+        self.t0 = time.time()
+        self.current: str | None = None
+        self.t_stage = self.t0
+
+    def start(self, name: str, detail: str = "") -> None:
+        now = time.time()
+        if self.current is not None:
+            self.done[self.current] = self.weights.get(self.current, 1.0)
+        self.current, self.t_stage = name, now
+        elapsed = now - self.t0
+        frac = sum(self.done.values()) / max(sum(self.weights.values()), 1e-9)
+        eta = f", about {elapsed / frac * (1 - frac) / 60:.1f} min left" if frac > 0.02 else ""
+        text = f"{name} {detail}".strip()
+        print(f"\n=== {text}  [{elapsed / 60:.1f} min elapsed{eta}]", file=sys.stderr, flush=True)
