@@ -182,10 +182,10 @@ def bench_task(
     ]
     if preset.get("threads"):
         common.append(f"threads={preset['threads']}")
-    if obs == "image":
-        common.append(
-            "policy.obs_encoder.crop_shape=" + str(list(preset.get("crop_shape", [84, 84])))
-        )
+    if obs == "image" and preset.get("crop_shape"):
+        common.append("policy.obs_encoder.crop_shape=" + str(list(preset["crop_shape"])))
+    if preset.get("num_workers"):
+        common.append(f"training.num_workers={preset['num_workers']}")
     train = {}
     for name, extra in (
         ("ddpm", ["policy=ddpm", f"training.batch_size={preset['batch_mean']}"]),
@@ -299,6 +299,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             f"unknown preset {cfg['preset']!r}; choose one of {sorted(cfg['presets'])}"
         )
     preset = dict(cfg["presets"][cfg["preset"]])
+    image_overrides = preset.pop("image", None) or {}
+    if cfg["obs"] == "image":  # camera policies: lower resolution, smaller batches, more time
+        preset.update(image_overrides)
     tasks = _tasks(cfg["task"])
     device = resolve_device(cfg.get("device"))
     head = header(cfg, preset, device)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from diffusion_policy_dist.cli.main import COMMANDS, compose, main
 
@@ -41,13 +42,20 @@ def test_train_composes_groups_and_rejects_typos():
     assert r.returncode == 2 and "training.stpes" in r.stderr
 
 
-def test_clean_error_without_traceback():
+def test_clean_error_without_traceback(bimodal_zarr, tmp_path):
     r = run("train", "dataset.path=/nonexistent/data.zarr", "training.steps=1")
     assert r.returncode == 1
     assert "dataset /nonexistent/data.zarr does not exist" in r.stderr
     assert "Traceback" not in r.stderr
-    r = run("train", "dataset.path=x", "window.horizon=12", "training.steps=1")
-    assert r.returncode == 1
+    r = run(
+        "train",
+        f"dataset.path={bimodal_zarr}",
+        "window.horizon=12",
+        "training.steps=1",
+        f"output_dir={tmp_path / 'run'}",
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "horizon" in r.stderr and "divisible" in r.stderr, r.stderr
 
 
 def test_cfg_flag_prints_the_composed_config():
@@ -76,4 +84,8 @@ def test_readme_commands_exist_in_ci_and_cli():
 def test_every_config_group_option_composes(group):
     for option in sorted((ROOT / "configs" / group).glob("*.yaml")):
         cfg = compose("train", ["dataset.path=x.zarr", f"{group}={option.stem}"])
-        assert cfg[group] or cfg.get("policy")
+        if group == "policy":
+            assert cfg["policy"]["kind"] == {"ddpm": "mean"}.get(option.stem, option.stem)
+        else:  # the chosen file's settings, not the default's, are what got composed
+            want = OmegaConf.to_container(OmegaConf.load(option))
+            assert {k: cfg[group][k] for k in want} == want, option.name

@@ -101,6 +101,23 @@ def test_interrupted_append_is_discarded_and_repaired(tmp_path):
     assert ReplayBuffer.open(path).n_episodes == 2
 
 
+def test_first_append_killed_after_creating_some_arrays_can_start_again(tmp_path):
+    path = tmp_path / "rb.zarr"
+    ReplayBuffer.create(path)
+    # killed during the very first add_episode: one data array exists, nothing was committed
+    root = zarr.open_group(str(path), mode="a")
+    root["data"].create_array("state", shape=(0, 4), dtype="float32")
+    root["data/state"].append(np.ones((5, 4), np.float32))
+    rb = ReplayBuffer.open(path, mode="a")
+    assert rb.n_episodes == 0
+    rb.add_episode(episode(6, 0))  # keys state + action: the stray array is replaced
+    back = ReplayBuffer.open(path)
+    assert back.n_episodes == 1 and back.keys() == ["action", "state"]
+    np.testing.assert_array_equal(back.get_episode(0)["state"], episode(6, 0)["state"])
+    with pytest.raises(ValueError, match="stores keys"):  # once committed, keys are fixed
+        ReplayBuffer.open(path, mode="a").add_episode({"state": np.zeros((3, 4), np.float32)})
+
+
 def test_clear_errors_on_bad_datasets(tmp_path):
     p = tmp_path / "bad.zarr"
     root = zarr.open_group(str(p), mode="w", zarr_format=2)
@@ -205,8 +222,10 @@ def test_dataset_errors(tmp_path):
     buf.add_episode(episode(4, 0))
     buf2 = ReplayBuffer.create(tmp_path / "none.zarr")
     w = Window(horizon=4, n_obs_steps=2, n_action_steps=2)
-    with pytest.raises(DatasetError, match="no action array"):
+    with pytest.raises(DatasetError, match=r"none\.zarr: the dataset is empty"):
         infer_shape_meta(buf2)
+    with pytest.raises(DatasetError, match=r"no action array 'data/act'"):
+        infer_shape_meta(buf, action_key="act")
     sm = infer_shape_meta(buf)
     with pytest.raises(DatasetError, match="no episodes"):
         buf2.add_episode(episode(2, 0))

@@ -54,6 +54,11 @@ def test_wilson_interval_known_values():
     lo, hi = wilson_interval(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    for n in (7, 50, 200):  # the ends are exact, so "rate - lo" and "hi - rate" are never < 0
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert lo <= k / n <= hi
 
 
 def test_mode_frequencies():
@@ -206,3 +211,28 @@ def test_fetch_env_through_the_generic_adapter():
         {"episodes": 2, "n_envs": 2, "vector": "sync", "latency_trials": 2, "progress": False},
     )
     assert res["episodes"] == 2 and res["crashed"] == 0
+
+
+def test_eval_json_is_strict_json_when_timing_is_skipped(tmp_path):
+    cfg = {"episodes": 2, "n_envs": 2, "vector": "sync", "latency_trials": 0, "progress": False}
+    res = evaluate(tiny_policy(), countdown_spec(), cfg, output_dir=tmp_path)
+    assert math.isnan(res["latency_ms_p50"])  # in memory: not measured
+
+    def refuse(constant):
+        raise AssertionError(f"eval.json holds {constant}, which is not JSON")
+
+    on_disk = json.loads((tmp_path / "eval.json").read_text(), parse_constant=refuse)
+    assert on_disk["latency_ms_p50"] is None and on_disk["control_rate_hz"] is None
+    assert on_disk["episodes"] == 2 and on_disk["success_rate"] == 1.0
+
+
+def test_env_whose_observations_do_not_fit_the_checkpoint_is_refused_up_front():
+    cfg = {"episodes": 1, "vector": "sync", "progress": False}
+    with pytest.raises(
+        ValueError, match=r"observation 'state' has shape \(3,\), the policy expects \(4,\)"
+    ):
+        evaluate(tiny_policy(state_dim=4), countdown_spec(), cfg)
+    pol = tiny_policy()
+    pol.shape_meta["obs"] = {"image": {"shape": [3, 8, 8], "type": "rgb"}}
+    with pytest.raises(ValueError, match=r"needs observation 'image' of shape \(3, 8, 8\)"):
+        evaluate(pol, countdown_spec(), cfg)

@@ -48,15 +48,30 @@ def test_200_steps_each_loss_reduces_loss(bimodal_zarr, tmp_path, policy, loss):
     } <= set(os.listdir(ckpt))
 
 
-def test_checkpoint_reload_gives_identical_actions(bimodal_zarr, tmp_path):
+def test_checkpoint_reload_gives_identical_actions(bimodal_zarr, tmp_path, monkeypatch):
+    from diffusion_policy_dist.training import trainer as trainer_mod
+
+    trained = []
+    orig_fit = trainer_mod.Trainer.fit
+
+    def fit_and_keep(self, callback=None):
+        trained.append(self)
+        return orig_fit(self, callback)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", fit_and_keep)
     cfg = fast_cfg(bimodal_zarr, tmp_path / "run", "training.steps=20")
     train_from_config(cfg)
+    live = trained[0].ema.module.eval()  # the in-memory EMA policy at the end of training
     pol_a, ck = policy_from_checkpoint(tmp_path / "run")
     pol_b, _ = policy_from_checkpoint(tmp_path / "run" / "checkpoints" / "latest")
     obs = {"state": torch.randn(4, 2, 3)}
+    ref = live.predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
     a = pol_a.predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
     b = pol_b.predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
-    assert torch.equal(a, b)
+    assert torch.equal(a, ref) and torch.equal(b, ref)
+    raw, _ = policy_from_checkpoint(tmp_path / "run", use_ema=False)
+    r = raw.predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
+    assert not torch.equal(r, ref)  # the EMA weights really are a different set
     meta = ck.meta
     assert meta["shape_meta"]["obs"]["state"]["shape"] == [3]
     assert meta["step"] == 20 and meta["policy"]["kind"] == "distributional"
@@ -102,6 +117,36 @@ def test_interrupted_run_resumes_to_identical_parameters(bimodal_zarr, tmp_path)
         assert torch.equal(a.ema_state[k], b.ema_state[k]), k
     steps = [json.loads(x)["step"] for x in open(tmp_path / "cut" / "metrics.jsonl")]
     assert steps == sorted(steps)  # metrics after the checkpoint were not logged twice
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_matches(bimodal_zarr, tmp_path):
+    import signal
+
+    common = ("training.steps=40", "training.checkpoint_every=20", "training.val_every=0")
+    train_from_config(fast_cfg(bimodal_zarr, tmp_path / "full", *common))
+    from diffusion_policy_dist.training import trainer as trainer_mod
+
+    orig_fit = trainer_mod.Trainer.fit
+
+    def fit_with_ctrl_c(self, callback=None):
+        def press(tr):
+            if tr.step == 27:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return orig_fit(self, callback=press)
+
+    trainer_mod.Trainer.fit = fit_with_ctrl_c
+    try:
+        summary = train_from_config(fast_cfg(bimodal_zarr, tmp_path / "cut", *common))
+    finally:
+        trainer_mod.Trainer.fit = orig_fit
+    assert summary["stopped_early"] and summary["step"] == 27
+    assert load_checkpoint(tmp_path / "cut").meta["step"] == 27  # not the step-20 one
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train_from_config(fast_cfg(bimodal_zarr, tmp_path / "cut", *common))
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for k in a.model_state:
+        assert torch.equal(a.model_state[k], b.model_state[k]), k
 
 
 def test_resume_refuses_a_different_shape_meta(bimodal_zarr, tmp_path):
@@ -190,3 +235,24 @@ def test_core_claim_in_miniature(bimodal_zarr, tmp_path):
     mse = results["ddpm"].view(6, 100)
     assert mse.mean(1).abs().max().item() < 0.15 * c, mse.mean(1)  # E[a | o] ~ 0 for every o
     assert (mse.abs() > 0.75 * c).float().mean().item() < 0.1  # and it rarely lands on a mode
+
+
+def test_wall_clock_budget_ends_on_time_with_the_lr_schedule_finished(bimodal_zarr, tmp_path):
+    budget = 5.0
+    summary = train_from_config(
+        fast_cfg(
+            bimodal_zarr,
+            tmp_path / "run",
+            "training.steps=1000000",
+            f"training.time_budget_s={budget}",
+            "training.log_every=5",
+        )
+    )
+    meta = load_checkpoint(tmp_path / "run").meta
+    assert meta["step"] == meta["total_steps"] == summary["step"] < 1000000
+    # the run stops at the budget (give or take a step or two), not far before or after it
+    assert 0.6 * budget <= summary["train_wallclock_s"] <= budget + 1.0
+    lrs = [json.loads(x)["lr"] for x in open(tmp_path / "run" / "metrics.jsonl") if '"lr"' in x]
+    # the cosine schedule was fitted to the budget: near its end when the budget ran out (a
+    # machine whose speed changes mid-run can cut the last few steps, hence the margin)
+    assert lrs[-1] < 0.5 * max(lrs)

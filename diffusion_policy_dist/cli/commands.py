@@ -186,3 +186,20 @@ def demo(cfg: dict[str, Any]) -> dict[str, Any]:
     from .demo import run
 
     return run(cfg)
+
+
+def import_robomimic(cfg: dict[str, Any]) -> dict[str, Any]:
+    from pathlib import Path
+
+    from ..data.robomimic import import_robomimic as run_import
+
+    out = cfg.get("output") or f"data/{Path(cfg['input']).stem}.zarr"
+    summary = run_import(
+        cfg["input"],
+        out,
+        obs_keys=cfg.get("obs_keys"),
+        overwrite=bool(cfg.get("overwrite")),
+        progress=bool(cfg.get("progress", True)),
+    )
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return summary

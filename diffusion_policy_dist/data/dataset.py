@@ -28,6 +28,8 @@ def infer_shape_meta(
 ) -> dict[str, Any]:
     """``{"obs": {key: {"shape", "type"}}, "action": {"shape"}}`` from the buffer's arrays."""
     keys = buffer.keys()
+    if buffer.n_episodes == 0 and not keys:
+        raise DatasetError(f"{buffer.path}: the dataset is empty (no episodes, no data/ arrays)")
     if action_key not in keys:
         raise DatasetError(f"{buffer.path}: no action array 'data/{action_key}'; keys are {keys}")
     if obs_keys is None:

@@ -274,6 +274,12 @@ class ReplayBuffer:
         if T is None or T == 0 or any(n != T for n in lengths.values()):
             raise ValueError(f"add_episode: every key needs the same non-zero length; got {lengths}")
         existing = self.keys()
+        if existing and sorted(episode) != existing and self.n_episodes == 0:
+            # arrays left by a first append that was killed before its commit hold no episode:
+            # drop them, so the dataset can still be (re)started with any keys
+            for k in existing:
+                del self.root["data"][k]
+            existing = []
         if existing and sorted(episode) != existing:
             raise ValueError(
                 f"add_episode: {self.path} stores keys {existing}, episode has {sorted(episode)}"

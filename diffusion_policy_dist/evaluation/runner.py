@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import math
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from tqdm.auto import tqdm
 
+from ..json_files import write_json_atomic
 from ..policy.config import SamplerConfig, from_dict, to_dict
 from .envs import EVAL_SEED_BASE, make_env
 from .metrics import mode_frequencies, percentiles, wilson_interval
@@ -91,6 +91,27 @@ class _Slots:
 
 def _split_obs(obs: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
     return [{k: np.asarray(v[i]) for k, v in obs.items()} for i in range(n)]
+
+
+def obs_space_mismatch(space: gym.Space, shape_meta: Mapping) -> str | None:
+    """Why the env's observations cannot feed the policy, or None when they fit. Cameras may
+    come HWC from the env and are CHW in shape_meta."""
+    if not isinstance(space, gym.spaces.Dict):
+        return f"observation space {space} is not a Dict of named observations"
+    for key, spec in shape_meta["obs"].items():
+        want = tuple(int(d) for d in spec["shape"])
+        if key not in space.spaces:
+            return (
+                f"the policy needs observation {key!r} of shape {want}, the env provides "
+                f"{sorted(space.spaces)}"
+            )
+        got = tuple(space.spaces[key].shape or ())
+        ok = got == want
+        if spec.get("type") == "rgb" and len(got) == 3:
+            ok = ok or (got[2], got[0], got[1]) == want
+        if not ok:
+            return f"observation {key!r} has shape {got}, the policy expects {want}"
+    return None
 
 
 def policy_obs(
@@ -256,6 +277,14 @@ def evaluate(
         raise ValueError(
             f"env {env_spec.get('env_id') or env_spec.get('task')}: action space {space} does not "
             f"fit the policy's continuous actions of shape ({policy.action_dim},)"
+        )
+    problem = obs_space_mismatch(envs.single_observation_space, policy.shape_meta)
+    if problem:
+        if own_pool:
+            pool.close()
+        raise ValueError(
+            f"env {env_spec.get('env_id') or env_spec.get('task')}: {problem} "
+            "(the policy's shape_meta comes from its training data)"
         )
     act_shape = space.shape
     last_action = np.zeros((n, *act_shape), dtype=np.float32)
@@ -443,9 +472,7 @@ def evaluate(
         **dict(extra or {}),
     }
     if out_dir:
-        tmp = out_dir / ".eval.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out_dir / "eval.json")
+        write_json_atomic(out_dir / "eval.json", result)
     return result
 
 

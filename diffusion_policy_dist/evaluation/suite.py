@@ -5,8 +5,6 @@ own), evaluate many samplers with one set of env workers, and report tables and 
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
@@ -15,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..json_files import write_json_atomic
 from ..training.checkpoint import CheckpointError, load_checkpoint
+
+__all__ = ["write_json_atomic"]  # re-exported for bench and demo
 
 
 def ensure_dataset(
@@ -163,9 +164,10 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
         color, marker, ls = STYLE.get(m, ("gray", "o", "-"))
         x = [r["nfe"] for r in rs]
         y = [r["success_rate"] for r in rs]
+        # clamped: at 0% or 100% the interval's end can differ from the rate by rounding
         err = [
-            [r["success_rate"] - r["success_ci95"][0] for r in rs],
-            [r["success_ci95"][1] - r["success_rate"] for r in rs],
+            [max(0.0, r["success_rate"] - r["success_ci95"][0]) for r in rs],
+            [max(0.0, r["success_ci95"][1] - r["success_rate"]) for r in rs],
         ]
         ax1.errorbar(
             x,
@@ -191,6 +193,9 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
         ax.set_xscale("log")
         ax.set_xlabel("NFE (network calls per action chunk)")
         ax.grid(alpha=0.3, which="both")
+    for r in rows:  # the many-step reference as a line across all NFEs
+        if r["method"] == "ddpm":
+            ax1.axhline(r["success_rate"], color="black", lw=0.8, ls=":", zorder=0)
     ax1.set_ylabel("success rate")
     ax1.set_ylim(-0.03, 1.03)
     ax2.set_yscale("log")
@@ -203,20 +208,6 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        json.dumps(
-            obj,
-            indent=1,
-            default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x),
-        )
-    )
-    tmp.replace(path)
 
 
 class StageClock:

@@ -29,6 +29,18 @@ def obs_keys_by_type(shape_meta: Mapping[str, Any]) -> dict[str, list[str]]:
     return groups
 
 
+def resolve_crop(
+    crop_shape: tuple[int, int] | str | None, image_shape: tuple[int, ...]
+) -> tuple[int, int] | None:
+    """The (h, w) crop for a ``[C, H, W]`` camera: ``"auto"`` keeps 7/8 of each side (the
+    96 -> 84 of Diffusion Policy and robomimic), None means no crop."""
+    if crop_shape is None:
+        return None
+    if crop_shape == "auto":
+        return (image_shape[-2] * 7 // 8, image_shape[-1] * 7 // 8)
+    return (int(crop_shape[0]), int(crop_shape[1]))
+
+
 class ObsEncoder(nn.Module):
     """Encodes ``{key: [B, To, *shape]}`` (low-dim already normalized, images uint8 or float in
     [0, 1], channels first) into ``[B, output_dim]``.
@@ -36,8 +48,8 @@ class ObsEncoder(nn.Module):
     Args:
         shape_meta: ``{"obs": {key: {"shape": [...], "type": "low_dim" | "rgb"}}, ...}``.
         n_obs_steps: history length To.
-        crop_shape: random-crop size (H, W) for cameras in training (centre crop in eval), or
-            None for no crop.
+        crop_shape: random-crop size (H, W) for cameras in training (centre crop in eval),
+            ``"auto"`` for 7/8 of each camera's sides, or None for no crop.
         share_rgb_encoder: one image encoder for all cameras instead of one each.
         num_keypoints, image_feature_dim: spatial-softmax keypoints and the per-frame image
             feature size.
@@ -47,7 +59,7 @@ class ObsEncoder(nn.Module):
         self,
         shape_meta: Mapping[str, Any],
         n_obs_steps: int,
-        crop_shape: tuple[int, int] | None = None,
+        crop_shape: tuple[int, int] | str | None = "auto",
         share_rgb_encoder: bool = False,
         num_keypoints: int = 32,
         image_feature_dim: int | None = 64,
@@ -75,7 +87,7 @@ class ObsEncoder(nn.Module):
                     )
                 return ImageEncoder(
                     shape,
-                    crop_shape=tuple(crop_shape) if crop_shape else None,
+                    crop_shape=resolve_crop(crop_shape, shape),
                     num_keypoints=num_keypoints,
                     feature_dim=image_feature_dim,
                 )

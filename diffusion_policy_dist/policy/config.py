@@ -146,10 +146,20 @@ class SamplerConfig:
 
 @dataclass
 class ObsEncoderConfig:
-    crop_shape: tuple[int, int] | None = None
+    """Camera encoders. ``crop_shape``: ``"auto"`` (7/8 of each side, e.g. 96 -> 84 and
+    64 -> 56), an explicit ``[h, w]``, or None for no crop (random in training, centre in eval)."""
+
+    crop_shape: tuple[int, int] | str | None = "auto"
     share_rgb_encoder: bool = False
     num_keypoints: int = 32
     image_feature_dim: int | None = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.crop_shape, str) and self.crop_shape != "auto":
+            raise ValueError(
+                f"policy.obs_encoder.crop_shape must be 'auto', [h, w] or null, "
+                f"got {self.crop_shape!r}"
+            )
 
 
 @dataclass

@@ -161,6 +161,7 @@ class Trainer:
         self._stop_requested = False
         self._tb = None
         self._budget_marks: set[int] = set()
+        self._budget_ref = (0, 0.0)  # (step, elapsed_s) at the last budget estimate
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -294,7 +295,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _request_stop(self, signum, frame) -> None:
+        """SIGTERM or a first Ctrl-C: finish the current step, checkpoint, return. A second
+        Ctrl-C interrupts at once (the last periodic checkpoint is still intact)."""
+        if self._stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self._stop_requested = True
+        print(
+            f"\nstopping after step {self.step + 1}: saving a checkpoint "
+            "(Ctrl-C again to abort without it)",
+            file=sys.stderr,
+        )
 
     def fit(self, callback: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
         """Train until ``total_steps`` (or the wall-clock budget). Returns a summary dict."""
@@ -315,11 +325,12 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.seed),
         )
         it = iter(loader)
-        old_handler = signal.getsignal(signal.SIGTERM)
+        old_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            signal.signal(signal.SIGTERM, self._request_stop)
+            for sig in old_handlers:
+                signal.signal(sig, self._request_stop)
         except ValueError:  # not the main thread
-            old_handler = None
+            old_handlers = {}
         self.policy.train()
         bar = tqdm(
             total=self.total_steps,
@@ -360,7 +371,9 @@ class Trainer:
                 steps_since_log += 1
                 last = info
                 if cfg.time_budget_s is not None and (
-                    self.step == min(10, self.total_steps) or self.step in self._budget_marks
+                    self.step == min(10, self.total_steps)
+                    or self.step in self._budget_marks
+                    or self.elapsed_s >= cfg.time_budget_s
                 ):
                     self._fit_budget()
                     bar.total = self.total_steps
@@ -395,8 +408,8 @@ class Trainer:
             path = self.save()
         finally:
             bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             if self._tb is not None:
                 self._tb.close()
         return {
@@ -409,12 +422,23 @@ class Trainer:
 
     def _fit_budget(self) -> None:
         """With a wall-clock budget, set the step count from the measured speed so the LR
-        schedule still ends at zero; re-estimated at 25% and 50% of the run (the count is saved
-        in checkpoints, so a resumed run keeps it)."""
-        per_step = self.elapsed_s / max(self.step, 1)
-        self.total_steps = max(self.step, int(self.cfg.time_budget_s / max(per_step, 1e-9)))
-        if self.step <= 10:
-            self._budget_marks = {int(self.total_steps * f) for f in (0.25, 0.5)} - {self.step}
+        schedule still ends at zero. Re-estimated from the speed since the last estimate at
+        25/50/75/90/95% of the run (so a machine that slows down mid-run still lands on the
+        budget), and the run ends outright once the budget is spent. The count is saved in
+        checkpoints, so a resumed run keeps it."""
+        ref_step, ref_s = self._budget_ref
+        if self.step > ref_step:
+            per_step = (self.elapsed_s - ref_s) / (self.step - ref_step)
+        else:
+            per_step = self.elapsed_s / max(self.step, 1)
+        left = self.cfg.time_budget_s - self.elapsed_s
+        self.total_steps = self.step + max(0, int(left / max(per_step, 1e-9)))
+        self._budget_ref = (self.step, self.elapsed_s)
+        self._budget_marks = {
+            m
+            for m in (int(self.total_steps * f) for f in (0.25, 0.5, 0.75, 0.9, 0.95))
+            if m > self.step
+        }
 
 
 def peak_memory_mb(device: torch.device) -> float:
