@@ -117,6 +117,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    from diffusion_policy_dist.json_files import write_json_atomic
+    from diffusion_policy_dist.training.build import git_commit
+
     nets = args.networks.split(",")
     runs: dict[tuple[str, str], list[dict]] = {(n, loss): [] for n in nets for loss in LOSSES}
     total = args.rounds * len(runs)
@@ -176,9 +179,7 @@ def main() -> None:
         "device": args.device,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
-        "git_commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip(),
+        "git_commit": git_commit(),
         "memory_note": (
             "CUDA: allocator peak during the timed steps minus memory held before them"
             if args.device.startswith("cuda")
@@ -188,12 +189,12 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_cost.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    write_json_atomic(out / "train_cost.json", {"header": header, "rows": rows})
     md = [
         "# Training cost: energy loss vs MSE\n",
         f"Command: `{command}`  ",
         f"Date: {header['date']}, device: {args.device}, machine: {header['machine']}, "
-        f"commit `{header['git_commit'][:10]}`\n",
+        f"commit `{header['git_commit']}`\n",
         "| network | params | batch | loss | step (ms, median) | time / MSE | peak mem (MB) "
         "| peak mem / MSE |",
         "|---|---|---|---|---|---|---|---|",

@@ -71,6 +71,30 @@ def test_reads_diffusion_policy_zarr_v2_layout(tmp_path):
     assert np.array_equal(rb.get_episode(1)["state"][0], np.arange(60, 65))
     sm = infer_shape_meta(rb, obs_keys=["state"])
     assert sm == {"obs": {"state": {"shape": [5], "type": "low_dim"}}, "action": {"shape": [2]}}
+    # DP's 6x6 toy "img" is too small to be a camera; real float32 frames are cameras
+    assert infer_shape_meta(rb)["obs"]["img"]["type"] == "low_dim"
+
+
+@pytest.mark.parametrize("scale", [255.0, 1.0])
+def test_float_camera_frames_like_dp_push_t_are_served_as_uint8(tmp_path, scale):
+    path = tmp_path / "pusht_img.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    data, meta = root.create_group("data"), root.create_group("meta")
+    T = 12
+    frames = np.random.default_rng(0).integers(0, 256, (T, 24, 24, 3)).astype(np.float32)
+    data.create_array("img", shape=frames.shape, chunks=(1, 24, 24, 3), dtype="float32")[:] = (
+        frames * (scale / 255.0)
+    )
+    data.create_array("action", shape=(T, 2), dtype="float32")[:] = 0.5
+    meta.create_array("episode_ends", shape=(1,), dtype="int64")[:] = [T]
+    rb = ReplayBuffer.open(path)
+    sm = infer_shape_meta(rb)
+    assert sm["obs"] == {"img": {"shape": [3, 24, 24], "type": "rgb"}}
+    ds = SequenceDataset(rb, sm, Window(horizon=4, n_obs_steps=2, n_action_steps=2))
+    item = ds[5]
+    assert item["obs"]["img"].dtype == torch.uint8 and item["obs"]["img"].shape == (2, 3, 24, 24)
+    want = np.moveaxis(frames[4:6], -1, 1).astype(np.uint8)  # window 5 observes steps 4, 5
+    np.testing.assert_array_equal(item["obs"]["img"].numpy(), want)
 
 
 def test_reads_zarr_v3(tmp_path):

@@ -62,3 +62,105 @@ def test_collect_train_eval_smoke(tmp_path):
     assert res["sampler"]["method"] == "distributional" and res["sampler"]["steps"] == 2
     assert res["checkpoint"].endswith("latest")
     assert (ev / "videos" / "episode_000.gif").stat().st_size > 1000
+
+
+@pytest.mark.sim
+def test_image_collect_train_eval_smoke(tmp_path):
+    data, run, ev = tmp_path / "oa_img.zarr", tmp_path / "run", tmp_path / "eval"
+    dpd(
+        "collect",
+        "task=obstacle_avoid",
+        "obs=image",
+        "image_size=64",
+        "episodes=4",
+        f"output={data}",
+        "workers=2",
+        "progress=false",
+    )
+    info = json.loads(dpd("info", f"path={data}").stdout.split("\n", 1)[1])
+    rgb = [k for k, v in info["shape_meta"]["obs"].items() if v["type"] == "rgb"]
+    assert rgb and all(info["shape_meta"]["obs"][k]["shape"] == [3, 64, 64] for k in rgb)
+    dpd(
+        "train",
+        f"dataset.path={data}",
+        "network=tiny",
+        "training.steps=50",
+        "training.batch_size=8",
+        "loss.m=4",
+        "training.val_every=25",
+        "training.warmup_steps=5",
+        f"output_dir={run}",
+        "training.progress=false",
+    )
+    meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
+    assert meta["step"] == 50 and meta["policy"]["obs_encoder"]["crop_shape"] == "auto"
+    dpd(
+        "eval",
+        f"checkpoint={run}",
+        "sampler.steps=1",
+        "eval.episodes=2",
+        "eval.n_envs=2",
+        f"output_dir={ev}",
+        "eval.progress=false",
+    )
+    res = json.loads((ev / "eval.json").read_text())
+    assert res["episodes"] == 2 and res["nfe"] == 1 and res["crashed"] == 0
+    assert res["latency_ms_p50"] > 0 and set(res["mode_freq"]) >= {"left", "right"}
+
+
+@pytest.mark.fetch
+def test_train_on_a_gym_env_dataset_and_evaluate_from_the_checkpoint_alone(tmp_path):
+    """Any gymnasium env: record its (flattened) observations into zarr with its env spec, train,
+    and `dpd eval` rebuilds that env from the checkpoint alone."""
+    pytest.importorskip("gymnasium_robotics")
+    import numpy as np
+
+    from diffusion_policy_dist.data import ReplayBuffer
+    from diffusion_policy_dist.evaluation import gym_env_spec, make_env
+
+    spec = gym_env_spec(
+        "FetchReach-v4",
+        obs_keys=["observation", "desired_goal"],
+        module="gymnasium_robotics",
+        max_episode_steps=12,
+    )
+    env = make_env(spec, safe=False)
+    buf = ReplayBuffer.create(tmp_path / "fetch.zarr", attrs={"env": spec})
+    rng = np.random.default_rng(0)
+    for ep in range(4):
+        obs, _ = env.reset(seed=ep)
+        states, actions = [], []
+        for _ in range(12):  # a crude "expert": move the gripper towards the goal
+            toward_goal = np.clip(10 * (obs["state"][10:13] - obs["state"][:3]), -1, 1)
+            a = np.append(toward_goal, rng.uniform(-1, 1)).astype(np.float32)
+            states.append(obs["state"])
+            actions.append(a)
+            obs, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                break
+        buf.add_episode({"state": np.stack(states), "action": np.stack(actions)})
+    env.close()
+    run, ev = tmp_path / "run", tmp_path / "eval"
+    dpd(
+        "train",
+        f"dataset.path={tmp_path / 'fetch.zarr'}",
+        "network=tiny",
+        "training.steps=20",
+        "training.batch_size=16",
+        "loss.m=2",
+        "training.val_every=0",
+        f"output_dir={run}",
+        "training.progress=false",
+    )
+    dpd(
+        "eval",
+        f"checkpoint={run}",
+        "eval.episodes=2",
+        "eval.n_envs=2",
+        "eval.vector=sync",
+        f"output_dir={ev}",
+        "eval.progress=false",
+    )
+    res = json.loads((ev / "eval.json").read_text())
+    assert res["episodes"] == 2 and res["crashed"] == 0 and res["mode_freq"] is None
+    assert res["env"]["env_id"] == "FetchReach-v4"

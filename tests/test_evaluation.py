@@ -204,6 +204,17 @@ def test_fetch_env_through_the_generic_adapter():
         "max_episode_steps": 10,
         "mode_names": None,
     }
+    env = make_env(spec)
+    obs, _ = env.reset(seed=5)
+    raw = gym.make("FetchReach-v4")
+    raw_obs, _ = raw.reset(seed=5)
+    # the chosen Dict keys, flattened in the given order into the policy's state
+    assert env.observation_space["state"].shape == (13,)
+    np.testing.assert_allclose(
+        obs["state"], np.concatenate([raw_obs["observation"], raw_obs["desired_goal"]]), rtol=1e-6
+    )
+    env.close()
+    raw.close()
     pol = tiny_policy(state_dim=13, action_dim=4)
     res = evaluate(
         pol,
@@ -211,6 +222,8 @@ def test_fetch_env_through_the_generic_adapter():
         {"episodes": 2, "n_envs": 2, "vector": "sync", "latency_trials": 2, "progress": False},
     )
     assert res["episodes"] == 2 and res["crashed"] == 0
+    assert all(1 <= r["length"] <= 10 for r in res["per_episode"])
+    assert res["mode_freq"] is None  # a gym env without modes
 
 
 def test_eval_json_is_strict_json_when_timing_is_skipped(tmp_path):

@@ -1,9 +1,6 @@
 """Image-conditioned policies: the same policy, losses and runner, with camera encoders picked by
-shape_meta (per camera or shared), fused with low-dim state; plus an image end-to-end smoke test."""
-
-import json
-import subprocess
-import sys
+shape_meta (per camera or shared), fused with low-dim state. The image end-to-end smoke test is
+in test_e2e.py."""
 
 import numpy as np
 import pytest
@@ -125,59 +122,3 @@ def test_predict_action_with_cameras_in_eval_mode_is_deterministic_per_seed():
     a = pol.predict_action(obs, generator=torch.Generator().manual_seed(1))["action"]
     b = pol.predict_action(obs, generator=torch.Generator().manual_seed(1))["action"]
     assert a.shape == (2, 4, 2) and torch.equal(a, b)
-
-
-def dpd(*args, timeout=600):
-    r = subprocess.run(
-        [sys.executable, "-m", "diffusion_policy_dist.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert r.returncode == 0, f"dpd {' '.join(args)} failed:\n{r.stderr[-3000:]}"
-    return r
-
-
-@pytest.mark.e2e
-@pytest.mark.sim
-def test_image_collect_train_eval_smoke(tmp_path):
-    data, run, ev = tmp_path / "oa_img.zarr", tmp_path / "run", tmp_path / "eval"
-    dpd(
-        "collect",
-        "task=obstacle_avoid",
-        "obs=image",
-        "image_size=64",
-        "episodes=4",
-        f"output={data}",
-        "workers=2",
-        "progress=false",
-    )
-    info = json.loads(dpd("info", f"path={data}").stdout.split("\n", 1)[1])
-    rgb = [k for k, v in info["shape_meta"]["obs"].items() if v["type"] == "rgb"]
-    assert rgb and all(info["shape_meta"]["obs"][k]["shape"] == [3, 64, 64] for k in rgb)
-    dpd(
-        "train",
-        f"dataset.path={data}",
-        "network=tiny",
-        "training.steps=50",
-        "training.batch_size=8",
-        "loss.m=4",
-        "training.val_every=25",
-        "training.warmup_steps=5",
-        f"output_dir={run}",
-        "training.progress=false",
-    )
-    meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
-    assert meta["step"] == 50 and meta["policy"]["obs_encoder"]["crop_shape"] == "auto"
-    dpd(
-        "eval",
-        f"checkpoint={run}",
-        "sampler.steps=1",
-        "eval.episodes=2",
-        "eval.n_envs=2",
-        f"output_dir={ev}",
-        "eval.progress=false",
-    )
-    res = json.loads((ev / "eval.json").read_text())
-    assert res["episodes"] == 2 and res["nfe"] == 1 and res["crashed"] == 0
-    assert res["latency_ms_p50"] > 0 and set(res["mode_freq"]) >= {"left", "right"}

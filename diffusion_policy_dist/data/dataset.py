@@ -1,8 +1,9 @@
 """Training windows from a replay buffer, as batches of tensors.
 
 ``shape_meta`` (what the policy sees) is inferred from the buffer when not given:
-``obs`` keys are every ``data/`` key except the action key; ``uint8`` arrays of shape
-``[H, W, C]`` are cameras (type ``rgb``, stored HWC, served CHW), the rest ``low_dim``.
+``obs`` keys are every ``data/`` key except the action key; arrays of shape ``[H, W, C]``
+(uint8, or float frames such as Diffusion Policy's Push-T ``img``) are cameras (type ``rgb``,
+stored HWC, served CHW as uint8), the rest ``low_dim``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,20 @@ from .sequence import SequenceSampler, split_episodes
 
 
 def _is_image(shape: tuple[int, ...], dtype: np.dtype) -> bool:
-    return dtype == np.uint8 and len(shape) == 3 and shape[-1] in (1, 3, 4)
+    """Camera frames: ``[H, W, C]`` with C in 1/3/4, uint8, or float with H, W >= 16 (Diffusion
+    Policy's Push-T stores its camera as float32 in 0..255)."""
+    if len(shape) != 3 or shape[-1] not in (1, 3, 4):
+        return False
+    return dtype == np.uint8 or (np.issubdtype(dtype, np.floating) and min(shape[:2]) >= 16)
+
+
+def _as_uint8_frames(arr: np.ndarray) -> np.ndarray:
+    """Float camera frames (0..1 or 0..255) as uint8, a quarter of the memory and the format
+    the image encoder expects; uint8 frames pass through."""
+    if arr.dtype == np.uint8:
+        return arr
+    scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
+    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
 
 
 def infer_shape_meta(
@@ -111,6 +125,9 @@ class SequenceDataset(Dataset):
         else:
             self.data = dict(data)
         self.rgb_keys = [k for k in self.obs_keys if shape_meta["obs"][k].get("type") == "rgb"]
+        if data is None:
+            for k in self.rgb_keys:
+                self.data[k] = _as_uint8_frames(self.data[k])
         self.sampler = SequenceSampler(
             buffer.episode_ends,
             sequence_length=window.horizon,

@@ -36,15 +36,23 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+    """The checkout's HEAD commit, with ``+dirty`` when tracked files differ from it (results
+    made from uncommitted code say so); None outside a git checkout."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", *args],
             capture_output=True,
             text=True,
             timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
-        return out.stdout.strip() or None
+
+    try:
+        sha = git("rev-parse", "HEAD").stdout.strip()
+        if not sha:
+            return None
+        return sha + ("+dirty" if git("diff", "--quiet", "HEAD").returncode == 1 else "")
     except Exception:
         return None
 

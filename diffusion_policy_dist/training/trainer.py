@@ -106,6 +106,29 @@ class _BatchStream(torch.utils.data.IterableDataset):
                 e, i = e + 1, 0
 
 
+def batch_loader(
+    dataset,
+    order: EpochBatches,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    start: tuple[int, int] = (0, 0),
+) -> torch.utils.data.DataLoader:
+    """An endless loader of whole batches in ``order`` from (epoch, batch) ``start`` on; with
+    ``num_workers`` > 0 the batches are gathered in worker processes, 4 ahead per worker."""
+    return torch.utils.data.DataLoader(
+        _BatchStream(dataset, order, *start),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        # its own generator: creating the iterator must not draw from the global RNG,
+        # or a resumed run's noise stream would be shifted by one draw
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def _lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
@@ -312,19 +335,16 @@ class Trainer:
         self.try_resume()
         self._open_tensorboard()
         cfg = self.cfg
-        stream = _BatchStream(self.train_set, self.order, self.epoch, self.batch_in_epoch)
-        loader = torch.utils.data.DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if cfg.num_workers > 0 else None,
-            # its own generator: creating the iterator must not draw from the global RNG,
-            # or a resumed run's noise stream would be shifted by one draw
-            generator=torch.Generator().manual_seed(self.seed),
+        it = iter(
+            batch_loader(
+                self.train_set,
+                self.order,
+                cfg.num_workers,
+                self.seed,
+                pin_memory=self.device.type == "cuda",
+                start=(self.epoch, self.batch_in_epoch),
+            )
         )
-        it = iter(loader)
         old_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for sig in old_handlers:
