@@ -271,21 +271,20 @@ def evaluate(
         )
     envs = pool.envs
     space = envs.single_action_space
+    problem = None
     if not isinstance(space, gym.spaces.Box) or space.shape != (policy.action_dim,):
-        if own_pool:
-            pool.close()
-        raise ValueError(
-            f"env {env_spec.get('env_id') or env_spec.get('task')}: action space {space} does not "
-            f"fit the policy's continuous actions of shape ({policy.action_dim},)"
+        problem = (
+            f"action space {space} does not fit the policy's continuous actions of shape "
+            f"({policy.action_dim},)"
         )
-    problem = obs_space_mismatch(envs.single_observation_space, policy.shape_meta)
+    else:
+        problem = obs_space_mismatch(envs.single_observation_space, policy.shape_meta)
+        if problem:
+            problem += " (the policy's shape_meta comes from its training data)"
     if problem:
         if own_pool:
             pool.close()
-        raise ValueError(
-            f"env {env_spec.get('env_id') or env_spec.get('task')}: {problem} "
-            "(the policy's shape_meta comes from its training data)"
-        )
+        raise ValueError(f"env {env_spec.get('env_id') or env_spec.get('task')}: {problem}")
     act_shape = space.shape
     last_action = np.zeros((n, *act_shape), dtype=np.float32)
     stats = {i: {"ret": 0.0, "len": 0, "success": False} for i in range(n)}
