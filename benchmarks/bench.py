@@ -25,16 +25,17 @@ from typing import Any
 import torch
 from diffusion_policy_dist.benchmarks.summary import summarize
 
+from diffusion_policy_dist.data.collect import collect
 from diffusion_policy_dist.evaluation import VALIDATION_SEED_BASE, EnvPool, evaluate
 from diffusion_policy_dist.evaluation.suite import (
     StageClock,
-    ensure_dataset,
+    budget_train_overrides,
     markdown_table,
     plot_results,
     result_row,
     train_run,
-    write_json_atomic,
 )
+from diffusion_policy_dist.json_files import write_json_atomic
 from diffusion_policy_dist.training.build import git_commit, policy_from_checkpoint, resolve_device
 
 ALL_TASKS = ("obstacle_avoid", "block_push", "pick_place")
@@ -164,26 +165,18 @@ def bench_task(
 
     clock.start(f"{task}: demonstrations")
     data = work / "demos.zarr"
-    demos = ensure_dataset(
+    demos = collect(
         task,
         int(preset["demos"]),
-        data,
-        obs=obs,
+        str(data),
+        obs_mode=obs,
         workers=int(cfg["workers"]),
         image_size=int(preset.get("image_size", 96)),
         progress=progress,
     )
-    common = [
-        f"dataset.path={data}",
-        f"network={preset['network']}",
-        "training.steps=100000000",
-        f"training.time_budget_s={preset['train_budget_s']}",
-        "training.checkpoint_every=100000000",
-        f"device={device}",
-        f"training.progress={str(progress).lower()}",
-    ]
-    if preset.get("threads"):
-        common.append(f"threads={preset['threads']}")
+    common = budget_train_overrides(
+        data, preset["network"], preset["train_budget_s"], device, progress, preset.get("threads")
+    )
     if obs == "image" and preset.get("crop_shape"):
         common.append("policy.obs_encoder.crop_shape=" + str(list(preset["crop_shape"])))
     if preset.get("num_workers"):

@@ -6,16 +6,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data.collect import collect
 from ..evaluation import EnvPool, evaluate
 from ..evaluation.suite import (
     StageClock,
-    ensure_dataset,
+    budget_train_overrides,
     markdown_table,
     plot_results,
     result_row,
     train_run,
-    write_json_atomic,
 )
+from ..json_files import write_json_atomic
 from ..training.build import policy_from_checkpoint, resolve_device
 
 
@@ -35,18 +36,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     progress = bool(cfg.get("progress", True))
     clock.start("demos", f"({cfg['demos']} scripted-expert episodes of {task})")
     data = out / f"{task}.zarr"
-    ensure_dataset(task, int(cfg["demos"]), data, workers=int(cfg["workers"]), progress=progress)
-    common = [
-        f"dataset.path={data}",
-        f"network={cfg['network']}",
-        "training.steps=100000000",
-        f"training.time_budget_s={budget}",
-        "training.checkpoint_every=100000000",
-        f"device={device}",
-        f"training.progress={str(progress).lower()}",
-    ]
-    if cfg.get("threads"):
-        common.append(f"threads={cfg['threads']}")
+    collect(task, int(cfg["demos"]), str(data), workers=int(cfg["workers"]), progress=progress)
+    common = budget_train_overrides(
+        data, cfg["network"], budget, device, progress, cfg.get("threads")
+    )
     clock.start("train distributional", f"(energy score, {budget} s)")
     dist_args = ["policy=distributional", f"training.batch_size={cfg['batch_distributional']}"]
     train_run([*common, *dist_args], out / "distributional")

@@ -1,6 +1,6 @@
-"""Experiment plumbing shared by ``dpd bench`` and ``dpd demo``: reuse or collect a dataset,
-train through the one ``dpd train`` path (in a subprocess, so each run's peak memory is its
-own), evaluate many samplers with one set of env workers, and report tables and plots.
+"""Experiment plumbing shared by ``dpd bench`` and ``dpd demo``: train through the one
+``dpd train`` path (in a subprocess, so each run's peak memory is its own), evaluate many
+samplers with one set of env workers, and report tables and plots.
 """
 
 from __future__ import annotations
@@ -13,35 +13,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..json_files import write_json_atomic
-from ..training.checkpoint import CheckpointError, load_checkpoint
-
-__all__ = ["write_json_atomic"]  # re-exported for bench and demo
+from ..training.checkpoint import load_checkpoint
 
 
-def ensure_dataset(
-    task: str,
-    episodes: int,
-    path: str | Path,
-    obs: str = "lowdim",
-    seed: int = 0,
-    workers: int = 2,
-    image_size: int = 96,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Collect (or top up) ``episodes`` expert demonstrations at ``path``."""
-    from ..data.collect import collect
-
-    return collect(
-        task,
-        episodes,
-        str(path),
-        obs_mode=obs,
-        seed=seed,
-        workers=workers,
-        image_size=image_size,
-        progress=progress,
-    )
+def budget_train_overrides(
+    data: str | Path,
+    network: str,
+    budget_s: float,
+    device: Any,
+    progress: bool,
+    threads: int | None = None,
+) -> list[str]:
+    """``dpd train`` overrides shared by every model of a comparison: the dataset, the network
+    size and a wall-clock budget (the step count follows from it), one final checkpoint."""
+    out = [
+        f"dataset.path={data}",
+        f"network={network}",
+        "training.steps=100000000",
+        f"training.time_budget_s={budget_s}",
+        "training.checkpoint_every=100000000",
+        f"device={device}",
+        f"training.progress={str(progress).lower()}",
+    ]
+    if threads:
+        out.append(f"threads={threads}")
+    return out
 
 
 def train_run(
@@ -72,14 +68,6 @@ def train_run(
         tail = (res.stderr or "")[-2000:] if quiet else ""
         raise RuntimeError(f"training failed ({' '.join(cmd)}):\n{tail}")
     return load_checkpoint(output_dir).meta
-
-
-def checkpoint_done(output_dir: str | Path) -> bool:
-    try:
-        meta = load_checkpoint(output_dir).meta
-    except CheckpointError:
-        return False
-    return int(meta.get("step", 0)) >= int(meta.get("total_steps", 1))
 
 
 def method_name(sampler: Mapping[str, Any]) -> str:
