@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import shlex
 import statistics
 import sys
 import time
@@ -21,18 +21,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def _expert_actions(task: str, seed: int):
-    from diffusion_policy_dist.envs import make_env, make_expert, rollout_expert
+    from diffusion_policy_dist.envs import get_task, rollout_expert
 
-    env = make_env(task)
-    ep = rollout_expert(env, make_expert(task), seed=seed)
+    env = get_task(task).make_env("state")
+    ep = rollout_expert(env, get_task(task).make_expert(), seed=seed)
     env.close()
     return ep["action"]
 
 
-def measure(task: str, obs_mode: str, size: int, seeds: list[int]) -> dict:
-    from diffusion_policy_dist.envs import make_env
+def measure(task: str, obs: str, size: int, seeds: list[int]) -> dict:
+    from diffusion_policy_dist.envs import get_task
 
-    env = make_env(task, obs_mode=obs_mode, image_size=size)
+    env = get_task(task).make_env(obs, image_size=size)
     rates = []
     steps = 0
     for seed in seeds:
@@ -48,40 +48,38 @@ def measure(task: str, obs_mode: str, size: int, seeds: list[int]) -> dict:
         steps += steps_here
         rates.append(steps_here / (time.perf_counter() - t0))
     env.close()
-    return {"task": task, "obs": obs_mode, "size": size, "steps": steps, "hz": rates}
+    return {"task": task, "obs": obs, "size": size, "steps": steps, "hz": rates}
 
 
 def _obs_label(row: dict) -> str:
-    return "low-dim" if row["obs"] == "lowdim" else f"image {row['size']}x{row['size']}"
+    state = row["obs"] in ("state", "lowdim")
+    return "low-dim" if state else f"image {row['size']}x{row['size']}"
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--episodes", type=int, default=5)
     ap.add_argument("--tasks", default="obstacle_avoid,block_push,pick_place")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
 
-    from diffusion_policy_dist.json_files import write_json_atomic
-    from diffusion_policy_dist.training.build import git_commit
+    from diffusion_policy_dist.files import write_json_atomic
+    from diffusion_policy_dist.provenance import header as provenance
 
     torch.set_num_threads(1)
     seeds = list(range(args.episodes))
     rows = []
     for task in args.tasks.split(","):
-        for obs in ("lowdim", "image"):
+        for obs in ("state", "image"):
             r = measure(task, obs, args.size, seeds)
             r["hz_median"] = statistics.median(r["hz"])
             rows.append(r)
             print(f"{task:15s} {obs:7s} {r['hz_median']:8.0f} steps/s", file=sys.stderr)
-    command = " ".join(["python", *sys.argv])
+    command = shlex.join(["python", "benchmarks/env_speed.py", *argv])
     header = {
-        "command": f"MUJOCO_GL={os.environ['MUJOCO_GL']} {command}",
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        **provenance(f"MUJOCO_GL={os.environ['MUJOCO_GL']} {command}"),
         "note": "one process, one core; image rows render one frame per step",
     }
     out = Path(args.out)
@@ -100,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

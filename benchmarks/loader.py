@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -44,7 +44,7 @@ def time_loader(dataset, batch: int, workers: int, batches: int, warmup: int = 5
     }
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", default="obstacle_avoid")
     ap.add_argument("--size", type=int, default=96)
@@ -54,18 +54,18 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--data", default="outputs/loader_bench/{task}_image{size}.zarr")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
 
     from diffusion_policy_dist.data import ReplayBuffer, SequenceDataset, infer_shape_meta
     from diffusion_policy_dist.data.collect import collect
-    from diffusion_policy_dist.json_files import write_json_atomic
+    from diffusion_policy_dist.files import write_json_atomic
     from diffusion_policy_dist.policy import Window
-    from diffusion_policy_dist.training.build import git_commit
+    from diffusion_policy_dist.provenance import header as provenance
 
     torch.set_num_threads(1)
     path = args.data.format(task=args.task, size=args.size)
-    collect(args.task, args.episodes, path, obs_mode="image", image_size=args.size, workers=2)
+    collect(args.task, args.episodes, path, obs="image", image_size=args.size, workers=2)
     buf = ReplayBuffer.open(path)
     window = Window(horizon=16, n_obs_steps=2, n_action_steps=8)
     t0 = time.perf_counter()
@@ -76,11 +76,9 @@ def main() -> None:
         r = time_loader(dataset, args.batch, w, args.batches)
         rows.append(r)
         print(f"workers={w}: {r['samples_per_s']:.0f} samples/s", file=sys.stderr)
+    command = shlex.join(["python", "benchmarks/loader.py", *argv])
     header = {
-        "command": f"MUJOCO_GL={os.environ['MUJOCO_GL']} python {' '.join(sys.argv)}",
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        **provenance(f"MUJOCO_GL={os.environ['MUJOCO_GL']} {command}"),
         "dataset": {
             "path": path,
             "episodes": buf.n_episodes,
@@ -115,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import time
 from pathlib import Path
 
 LOSSES = {
-    "mse": {"kind": "mean", "loss": {"name": "mse"}},
-    "energy_m4": {"kind": "distributional", "loss": {"name": "energy", "m": 4}},
-    "energy_m8": {"kind": "distributional", "loss": {"name": "energy", "m": 8}},
-    "energy_m16": {"kind": "distributional", "loss": {"name": "energy", "m": 16}},
+    "mse": {"kind": "mean", "loss": {"kind": "mse"}},
+    "energy_m4": {"kind": "distributional", "loss": {"kind": "energy", "m": 4}},
+    "energy_m8": {"kind": "distributional", "loss": {"kind": "energy", "m": 8}},
+    "energy_m16": {"kind": "distributional", "loss": {"kind": "energy", "m": 16}},
 }
 NETWORKS = {
     "small": {"down_dims": [64, 128, 256], "time_embed_dim": 128},
@@ -102,31 +101,14 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-small", type=int, default=64)
-    ap.add_argument("--batch-dp", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration per round")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--networks", default="small,dp")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-    from diffusion_policy_dist.json_files import write_json_atomic
-    from diffusion_policy_dist.training.build import git_commit
-
+def _measure(args) -> dict[tuple[str, str], list[dict]]:
+    """Every configuration once per round, each in a fresh subprocess (interleaved, so drifts
+    of the machine's speed hit all of them alike)."""
     nets = args.networks.split(",")
     runs: dict[tuple[str, str], list[dict]] = {(n, loss): [] for n in nets for loss in LOSSES}
-    total = args.rounds * len(runs)
-    k = 0
-    t_start = time.time()
+    total, k, t_start = args.rounds * len(runs), 0, time.time()
     for r in range(args.rounds):
-        for net, loss in runs:  # interleaved: every config once per round
+        for net, loss in runs:
             spec = {
                 "network": net,
                 "loss": loss,
@@ -136,8 +118,7 @@ def main() -> None:
                 "threads": args.threads,
             }
             k += 1
-            elapsed = time.time() - t_start
-            eta = elapsed / (k - 1) * (total - k + 1) if k > 1 else float("nan")
+            eta = (time.time() - t_start) / (k - 1) * (total - k + 1) if k > 1 else float("nan")
             print(f"[{k}/{total}] round {r + 1} {net} {loss} (eta {eta:.0f}s)", file=sys.stderr)
             res = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -146,54 +127,41 @@ def main() -> None:
                 check=True,
             )
             runs[(net, loss)].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def _rows(runs: dict, args) -> list[dict]:
     rows = []
     for (net, loss), rs in runs.items():
-        ms = statistics.median(t for x in rs for t in x["step_ms"])
-        mem_key = "step_cuda_mb" if args.device.startswith("cuda") else None
-        mem = (
-            statistics.median(x[mem_key] for x in rs)
-            if mem_key
-            else statistics.median(x["peak_rss_mb"] - x["base_rss_mb"] for x in rs)
-        )
-        peak = statistics.median(x.get("peak_cuda_mb", x["peak_rss_mb"]) for x in rs)
+        if args.device.startswith("cuda"):
+            mem = statistics.median(x["step_cuda_mb"] for x in rs)
+        else:
+            mem = statistics.median(x["peak_rss_mb"] - x["base_rss_mb"] for x in rs)
         rows.append(
             {
                 "network": net,
                 "loss": loss,
-                "batch": rs[0] and (args.batch_small if net == "small" else args.batch_dp),
+                "batch": args.batch_small if net == "small" else args.batch_dp,
                 "params": rs[0]["params"],
-                "step_ms_median": ms,
+                "step_ms_median": statistics.median(t for x in rs for t in x["step_ms"]),
                 "step_mem_mb": mem,
-                "peak_mem_mb": peak,
+                "peak_mem_mb": statistics.median(
+                    x.get("peak_cuda_mb", x["peak_rss_mb"]) for x in rs
+                ),
             }
         )
     for row in rows:
         ref = next(x for x in rows if x["network"] == row["network"] and x["loss"] == "mse")
         row["time_ratio_vs_mse"] = row["step_ms_median"] / ref["step_ms_median"]
         row["peak_mem_ratio_vs_mse"] = row["peak_mem_mb"] / ref["peak_mem_mb"]
-    command = " ".join([os.path.relpath(sys.executable), *sys.argv])
-    header = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "device": args.device,
-        "rounds": args.rounds,
-        "steps_per_round": args.steps,
-        "git_commit": git_commit(),
-        "memory_note": (
-            "CUDA: allocator peak during the timed steps minus memory held before them"
-            if args.device.startswith("cuda")
-            else "CPU: growth of the process's peak RSS during the timed steps; peak_mem is the "
-            "whole process's peak RSS"
-        ),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "train_cost.json", {"header": header, "rows": rows})
+    return rows
+
+
+def _markdown(rows: list[dict], header: dict) -> list[str]:
     md = [
         "# Training cost: energy loss vs MSE\n",
-        f"Command: `{command}`  ",
-        f"Date: {header['date']}, device: {args.device}, machine: {header['machine']}, "
+        f"Command: `{header['command']}`  ",
+        f"Date: {header['date']}, device: {header['device']}, machine: {header['machine']}, "
         f"commit `{header['git_commit']}`\n",
         "| network | params | batch | loss | step (ms, median) | time / MSE | peak mem (MB) "
         "| peak mem / MSE |",
@@ -209,9 +177,46 @@ def main() -> None:
         f"\n{header['memory_note']}. The energy loss runs the UNet on batch x m rows (the "
         "observation encoder runs once per example), so its cost grows roughly linearly in m."
     )
+    return md
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-small", type=int, default=64)
+    ap.add_argument("--batch-dp", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--networks", default="small,dp")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from diffusion_policy_dist.files import write_json_atomic
+    from diffusion_policy_dist.provenance import header as provenance
+
+    rows = _rows(_measure(args), args)
+    header = {
+        **provenance(shlex.join(["python", "benchmarks/train_cost.py", *argv]), args.device),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "memory_note": (
+            "CUDA: allocator peak during the timed steps minus memory held before them"
+            if args.device.startswith("cuda")
+            else "CPU: growth of the process's peak RSS during the timed steps; peak_mem is the "
+            "whole process's peak RSS"
+        ),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "train_cost.json", {"header": header, "rows": rows})
+    md = _markdown(rows, header)
     (out / "train_cost.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

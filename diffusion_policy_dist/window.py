@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass
 class Window:
+    """``horizon`` H: steps per predicted chunk; ``n_obs_steps`` To: observation history;
+    ``n_action_steps`` Ta: actions executed per chunk."""
+
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8

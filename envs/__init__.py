@@ -1,68 +1,61 @@
-"""Simulated MuJoCo tasks with multimodal scripted experts (imported as diffusion_policy_dist.envs).
+"""Everything about environments (installed as ``diffusion_policy_dist.envs``).
 
-Three tasks, each with two equally good strategies whose average fails:
+- :mod:`.registry`: the one task registry (built-in MuJoCo tasks with multimodal scripted
+  experts; community tasks behind optional extras).
+- :mod:`.spec`: env specs kept in datasets and checkpoints, ``make_env``, seed bases and the
+  rules on what a file may make the package import.
+- :mod:`.gym_adapter`: any gymnasium env as named observations plus a success flag.
+- :mod:`.safe`: the wrapper that turns an env's failures into failed episodes.
+
+Built-in tasks, each with two equally good strategies whose average fails:
 
 - ``obstacle_avoid`` (``dpd/ObstacleAvoid-v0``): point mass passes an obstacle left or right.
 - ``block_push`` (``dpd/BlockPush-v0``): pusher goes around a block left or right, then pushes it.
 - ``pick_place`` (``dpd/PickPlace-v0``): gantry arm puts a cube in the left or the right bin.
 
-Importing this package registers the envs with gymnasium (see ``register_envs``).
+Importing this package registers the built-in envs with gymnasium (``register_envs``).
 """
 
 from __future__ import annotations
 
-import gymnasium as gym
-
 from .base import MujocoTaskEnv, SimulationUnstableError, TaskSpec
-from .block_push import BLOCK_PUSH, BlockPushEnv
-from .experts import ScriptedExpert, make_expert, rollout_expert
-from .obstacle_avoid import OBSTACLE_AVOID, ObstacleAvoidEnv
-from .pick_place import PICK_PLACE, PickPlaceEnv
-
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (OBSTACLE_AVOID, BLOCK_PUSH, PICK_PLACE)}
-
-ENV_CLASSES: dict[str, type[MujocoTaskEnv]] = {
-    "obstacle_avoid": ObstacleAvoidEnv,
-    "block_push": BlockPushEnv,
-    "pick_place": PickPlaceEnv,
-}
-
-
-def register_envs() -> None:
-    """Register all tasks with gymnasium; calling it again is a no-op."""
-    for name, spec in TASKS.items():
-        if spec.env_id in gym.registry:
-            continue
-        cls = ENV_CLASSES[name]
-        gym.register(
-            id=spec.env_id,
-            entry_point=f"{cls.__module__}:{cls.__name__}",
-            max_episode_steps=spec.max_episode_steps,
-        )
-
-
-def make_env(task_name: str, **kwargs: object) -> gym.Env:
-    """``gymnasium.make`` by task name; kwargs: obs_mode, render_mode, image_size."""
-    if task_name not in TASKS:
-        raise KeyError(f"unknown task {task_name!r}; choose from {sorted(TASKS)}")
-    register_envs()
-    return gym.make(TASKS[task_name].env_id, **kwargs)
-
+from .experts import ScriptedExpert, rollout_expert
+from .gym_adapter import GymAdapter
+from .registry import BUILTIN_TASKS, Task, get_task, register_envs, task_names
+from .safe import FAILURE_REASONS, SafeEnv
+from .spec import (
+    EVAL_SEED_BASE,
+    VALIDATION_SEED_BASE,
+    Trust,
+    UntrustedEnvError,
+    gym_env_spec,
+    make_env,
+    migrate_spec,
+    task_env_spec,
+)
 
 register_envs()
 
 __all__ = [
-    "ENV_CLASSES",
-    "TASKS",
-    "BlockPushEnv",
+    "BUILTIN_TASKS",
+    "EVAL_SEED_BASE",
+    "FAILURE_REASONS",
+    "VALIDATION_SEED_BASE",
+    "GymAdapter",
     "MujocoTaskEnv",
-    "ObstacleAvoidEnv",
-    "PickPlaceEnv",
+    "SafeEnv",
     "ScriptedExpert",
     "SimulationUnstableError",
+    "Task",
     "TaskSpec",
+    "Trust",
+    "UntrustedEnvError",
+    "get_task",
+    "gym_env_spec",
     "make_env",
-    "make_expert",
+    "migrate_spec",
     "register_envs",
     "rollout_expert",
+    "task_env_spec",
+    "task_names",
 ]

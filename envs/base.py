@@ -19,7 +19,9 @@ from gymnasium import spaces
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 
-OBS_MODES = ("lowdim", "image")
+# The observation sets a task offers: "state" is one low-dim vector, "image" a camera frame plus
+# the agent's own position (what Diffusion Policy calls an image policy's observations).
+OBS_TYPES = ("state", "image")
 
 # Every state entry is a position in metres inside a < 0.5 m workspace, a sin/cos or a finger
 # opening, so +-1 bounds all of them with margin (finite bounds keep gymnasium's checker quiet).
@@ -27,7 +29,7 @@ STATE_BOUND = 1.0
 
 # MuJoCo counts these warnings in data.warning; each one means it had to reset the state because
 # positions, velocities or accelerations blew up, so the episode can no longer be trusted.
-_INSTABILITY_WARNINGS = (
+INSTABILITY_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQPOS,
     mujoco.mjtWarning.mjWARN_BADQVEL,
     mujoco.mjtWarning.mjWARN_BADQACC,
@@ -51,14 +53,16 @@ class TaskSpec:
     control_hz: float
     action_dim: int
     description: str
+    obs_types: tuple[str, ...] = OBS_TYPES
 
 
 class MujocoTaskEnv(gym.Env):
     """Base class of the three tasks (see module docstring).
 
     Subclasses set the class attributes below and implement the ``_`` hooks. Observations are
-    ``{"state": float32[Ds]}`` in "lowdim" mode and ``{"image": uint8[S, S, 3], "agent_pos":
-    float32[Dp]}`` in "image" mode; actions are float32 absolute targets of shape ``[action_dim]``.
+    ``{"state": float32[Ds]}`` with ``obs="state"`` and ``{"image": uint8[S, S, 3],
+    "agent_pos": float32[Dp]}`` with ``obs="image"``; actions are float32 absolute targets of
+    shape ``[action_dim]``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -73,17 +77,17 @@ class MujocoTaskEnv(gym.Env):
 
     def __init__(
         self,
-        obs_mode: str = "lowdim",
+        obs: str = "state",
         render_mode: str | None = None,
         image_size: int = 96,
     ) -> None:
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if obs not in OBS_TYPES:
+            raise ValueError(f"obs must be one of {OBS_TYPES}, got {obs!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
-        self.obs_mode = obs_mode
+        self.obs = obs
         self.render_mode = render_mode
         self.image_size = int(image_size)
 
@@ -111,7 +115,7 @@ class MujocoTaskEnv(gym.Env):
             high=np.asarray(self.action_high, dtype=np.float32),
             dtype=np.float32,
         )
-        if obs_mode == "lowdim":
+        if obs == "state":
             self.observation_space = spaces.Dict(
                 {"state": spaces.Box(-STATE_BOUND, STATE_BOUND, (self.state_dim,), np.float32)}
             )
@@ -131,12 +135,7 @@ class MujocoTaskEnv(gym.Env):
 
     @property
     def task_name(self) -> str:
-        """Short task name, the key of ``TASKS``."""
-        return self.task.name
-
-    @property
-    def spec_name(self) -> str:
-        """Alias of ``task_name``."""
+        """Short task name, its key in the task registry."""
         return self.task.name
 
     @property
@@ -237,7 +236,7 @@ class MujocoTaskEnv(gym.Env):
     # ------------------------------------------------------------------ helpers
 
     def _get_obs(self) -> dict[str, np.ndarray]:
-        if self.obs_mode == "lowdim":
+        if self.obs == "state":
             return {"state": self._state_vector().astype(np.float32)}
         return {
             "image": self._render_frame().copy(),
@@ -247,14 +246,14 @@ class MujocoTaskEnv(gym.Env):
     def _render_frame(self) -> np.ndarray:
         if self._frame is None:
             if self._renderer is None:
-                # Created lazily: lowdim-only users never need a GL context.
+                # Created lazily: state-only users never need a GL context.
                 self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
             self._renderer.update_scene(self.data, camera=self._camera_id)
             self._frame = self._renderer.render()
         return self._frame
 
     def _check_stable(self) -> None:
-        bad = [w.name for w in _INSTABILITY_WARNINGS if self.data.warning[w].number > 0]
+        bad = [w.name for w in INSTABILITY_WARNINGS if self.data.warning[w].number > 0]
         finite = np.all(np.isfinite(self.data.qpos)) and np.all(np.isfinite(self.data.qvel))
         if bad or not finite:
             what = ", ".join(bad) if bad else "non-finite qpos/qvel"

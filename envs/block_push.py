@@ -40,7 +40,7 @@ PUSHER_RANGE = ((-0.05, 0.05), (-0.26, -0.22))
 class BlockPushEnv(MujocoTaskEnv):
     """Push a block onto a target.
 
-    lowdim state (8): pusher xy, block xy, block (sin, cos) yaw, target xy.
+    state (8): pusher xy, block xy, block (sin, cos) yaw, target xy.
     image obs: top view + pusher xy (2). action (2): absolute pusher target in [-0.3, 0.3]^2.
     """
 
@@ -54,11 +54,11 @@ class BlockPushEnv(MujocoTaskEnv):
 
     def __init__(
         self,
-        obs_mode: str = "lowdim",
+        obs: str = "state",
         render_mode: str | None = None,
         image_size: int = 96,
     ) -> None:
-        super().__init__(obs_mode=obs_mode, render_mode=render_mode, image_size=image_size)
+        super().__init__(obs=obs, render_mode=render_mode, image_size=image_size)
         self._target_mocap = int(self.model.body_mocapid[self._body_id("target")])
         self._block_adr = self._joint_qpos_adr("block_x")  # block_x, block_y, block_yaw follow
 

@@ -19,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .base import MujocoTaskEnv, TaskSpec
+from .base import TaskSpec
 from .block_push import BLOCK_HALF, BLOCK_PUSH, PUSHER_RADIUS, BlockPushEnv
 from .obstacle_avoid import AGENT_RADIUS, OBSTACLE_AVOID, OBSTACLE_RADIUS, ObstacleAvoidEnv
 from .pick_place import BIN_X, PICK_PLACE, PickPlaceEnv
@@ -251,35 +251,24 @@ class PickPlaceExpert(ScriptedExpert):
         return np.array([*pos, self.carrot.grip])
 
 
-# ---------------------------------------------------------------------------- public helpers
-
-EXPERTS: dict[str, type[ScriptedExpert]] = {
-    "obstacle_avoid": ObstacleAvoidExpert,
-    "block_push": BlockPushExpert,
-    "pick_place": PickPlaceExpert,
-}
+# ---------------------------------------------------------------------------- recording
 
 
-def make_expert(task_name: str, seed: int | None = None) -> ScriptedExpert:
-    """Scripted expert for ``task_name``; ``seed`` seeds its per-episode mode choice."""
-    if task_name not in EXPERTS:
-        raise KeyError(f"unknown task {task_name!r}; choose from {sorted(EXPERTS)}")
-    return EXPERTS[task_name](seed=seed)
-
-
-def rollout_expert(env: gym.Env, expert: ScriptedExpert, seed: int) -> dict[str, Any]:
+def rollout_expert(
+    env: gym.Env, expert: ScriptedExpert, seed: int, max_steps: int | None = None
+) -> dict[str, Any]:
     """Run one expert episode from ``env.reset(seed=seed)`` until termination or truncation.
 
     Returns ``{"obs": {key: [T, ...]}, "action": float32[T, Da], "success", "mode" (classified by
     the env), "expert_mode", "length": T}``; ``obs[t]`` is the observation ``action[t]`` was taken
-    on. An env without a TimeLimit wrapper is cut at the task's ``max_episode_steps``.
+    on. ``max_steps`` (default: the expert's task's ``max_episode_steps``) cuts an env that has no
+    TimeLimit wrapper.
     """
-    base: MujocoTaskEnv = env.unwrapped
     obs, info = env.reset(seed=seed)
     expert.reset(env)
     observations: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions: list[np.ndarray] = []
-    for _ in range(base.task.max_episode_steps):
+    for _ in range(max_steps or expert.task.max_episode_steps):
         action = expert.act(env)
         for key, value in obs.items():
             observations[key].append(value)
@@ -290,8 +279,8 @@ def rollout_expert(env: gym.Env, expert: ScriptedExpert, seed: int) -> dict[str,
     return {
         "obs": {k: np.stack(v) for k, v in observations.items()},
         "action": np.stack(actions).astype(np.float32),
-        "success": bool(info["is_success"]),
-        "mode": int(info["mode"]),
+        "success": bool(info.get("is_success", False)),
+        "mode": int(info.get("mode", -1)),
         "expert_mode": int(expert.mode),
         "length": len(actions),
     }

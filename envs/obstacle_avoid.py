@@ -40,7 +40,7 @@ OBSTACLE_RANGE = ((-0.02, 0.02), (-0.02, 0.02))
 class ObstacleAvoidEnv(MujocoTaskEnv):
     """Point mass to goal past an obstacle.
 
-    lowdim state (6): agent xy, obstacle xy, goal xy. image obs: top view + agent xy (2).
+    state (6): agent xy, obstacle xy, goal xy. image obs: top view + agent xy (2).
     action (2): absolute target xy in [-0.3, 0.3]^2. info also has ``"collision"``.
     """
 
@@ -54,11 +54,11 @@ class ObstacleAvoidEnv(MujocoTaskEnv):
 
     def __init__(
         self,
-        obs_mode: str = "lowdim",
+        obs: str = "state",
         render_mode: str | None = None,
         image_size: int = 96,
     ) -> None:
-        super().__init__(obs_mode=obs_mode, render_mode=render_mode, image_size=image_size)
+        super().__init__(obs=obs, render_mode=render_mode, image_size=image_size)
         self._obstacle_mocap = int(self.model.body_mocapid[self._body_id("obstacle")])
         self._goal_mocap = int(self.model.body_mocapid[self._body_id("goal")])
         self._collided = False

@@ -40,7 +40,7 @@ EEF_START_RANGE = ((-0.06, 0.06), (-0.08, 0.0), (0.10, 0.14))
 class PickPlaceEnv(MujocoTaskEnv):
     """Pick a cube, place it in either bin.
 
-    lowdim state (7): end-effector xyz, finger opening (metres per finger), cube xyz.
+    state (7): end-effector xyz, finger opening (metres per finger), cube xyz.
     image obs: front oblique view + agent_pos (4) = end-effector xyz, finger opening.
     action (4): absolute end-effector target xyz, gripper command in [-1 open, +1 close].
     """
@@ -55,11 +55,11 @@ class PickPlaceEnv(MujocoTaskEnv):
 
     def __init__(
         self,
-        obs_mode: str = "lowdim",
+        obs: str = "state",
         render_mode: str | None = None,
         image_size: int = 96,
     ) -> None:
-        super().__init__(obs_mode=obs_mode, render_mode=render_mode, image_size=image_size)
+        super().__init__(obs=obs, render_mode=render_mode, image_size=image_size)
         self._eef_adr = self._joint_qpos_adr("gantry_x")  # x, y, z are consecutive
         self._finger_adr = (
             self._joint_qpos_adr("finger_left"),

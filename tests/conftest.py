@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_policy_dist.cli.main import compose
+from diffusion_policy_dist.cli.compose import compose
 from diffusion_policy_dist.data import ReplayBuffer
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -39,20 +39,20 @@ def bimodal_zarr(tmp_path_factory):
     return str(path)
 
 
-def fast_cfg(dataset, output_dir, *overrides):
-    """A composed train config sized for unit tests (tiny network, small batches)."""
-    return compose(
-        "train",
-        [
-            f"dataset.path={dataset}",
-            f"output_dir={output_dir}",
-            "network=tiny",
-            "training.batch_size=32",
-            "training.progress=false",
-            "training.warmup_steps=10",
-            "training.val_every=0",
-            "training.log_every=10",
-            "loss.m=4",
-            *overrides,
-        ],
-    )
+def fast_cfg(dataset, output_dir, *overrides, m=4):
+    """A composed train config sized for unit tests (tiny network, small batches; a
+    distributional loss gets ``m`` samples unless the overrides set ``loss.m``)."""
+    base = [
+        f"dataset.path={dataset}",
+        f"output_dir={output_dir}",
+        "network=tiny",
+        "training.batch_size=32",
+        "training.progress=false",
+        "training.warmup_steps=10",
+        "training.val_every=0",
+        "training.log_every=10",
+    ]
+    run = compose("train", [*base, *overrides])
+    if hasattr(run.loss, "m") and not any(o.startswith("loss.m=") for o in overrides):
+        run.loss.m = m
+    return run

@@ -67,3 +67,45 @@ class BoxObsEnv(gym.Env):
 
     def step(self, action):
         return np.ones(4, np.float32), 0.0, True, False, {"success": 1.0}
+
+
+def countdown(render=False, **kwargs):
+    """An env factory (``factory(render) -> env``) for :class:`CountdownEnv`."""
+    return CountdownEnv(render_mode="rgb_array" if render else None, **kwargs)
+
+
+class ReachEnv(gym.Env):
+    """A deterministic 2-D reacher whose outcome depends on every action: the state is
+    ``[x, y, t / length]``; the action moves the point a tenth of the way to its target; success
+    when the point gets within 0.1 of the goal (1, 0). The mode is the side (y < 0 or > 0) on
+    which it first passes x = 0.5."""
+
+    metadata = {"render_modes": ["rgb_array"]}  # noqa: RUF012 (gymnasium convention)
+
+    def __init__(self, length=24, render_mode=None):
+        self.observation_space = spaces.Dict({"state": spaces.Box(-5, 5, (3,), np.float32)})
+        self.action_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.length, self.render_mode = length, render_mode
+
+    def _obs(self):
+        return {"state": np.array([*self.p, self.t / self.length], np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.p = self.np_random.uniform(-0.5, 0.0, size=2)
+        self.t, self.mode = 0, -1
+        return self._obs(), {"is_success": False, "mode": -1}
+
+    def step(self, action):
+        self.p = self.p + 0.1 * (np.clip(action, -1, 1) * 2.0 - self.p)
+        self.t += 1
+        if self.mode < 0 and self.p[0] > 0.5:
+            self.mode = int(self.p[1] > 0)
+        success = bool(np.hypot(self.p[0] - 1.0, self.p[1]) < 0.1)
+        info = {"is_success": success, "mode": self.mode}
+        return self._obs(), -float(np.hypot(*self.p)), success, self.t >= self.length, info
+
+
+def reach(render=False, **kwargs):
+    """An env factory for :class:`ReachEnv`."""
+    return ReachEnv(render_mode="rgb_array" if render else None, **kwargs)

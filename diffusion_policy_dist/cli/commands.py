@@ -1,119 +1,131 @@
-"""The bodies of the ``dpd`` commands; each takes the composed config as a plain dict."""
+"""The bodies of the ``dpd`` commands; each takes its validated config object."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from .schemas import CollectRun, EvalRun, ImportRobomimicRun, InfoRun
 
-def train(cfg: dict[str, Any]) -> dict[str, Any]:
+
+def run(name: str, cfg: Any, command_line: str) -> int:
+    """Run command function ``name``; returns the exit status (1 with a clean message for a
+    user error, unless ``DPD_TRACEBACK`` is set)."""
+    from ..data import DatasetError
+    from ..envs.spec import UntrustedEnvError
+    from ..training.checkpoint import CheckpointError
+
+    fn = globals()[name]
+    try:
+        out = fn(cfg, command_line) if name in ("bench", "demo") else fn(cfg)
+    except KeyboardInterrupt:
+        print(f"{command_line.split()[1]}: interrupted", file=sys.stderr)
+        return 130
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        KeyError,
+        ImportError,
+        DatasetError,
+        CheckpointError,
+        UntrustedEnvError,
+    ) as e:
+        if os.environ.get("DPD_TRACEBACK"):
+            raise
+        print(f"dpd {command_line.split()[1]}: error: {e}", file=sys.stderr)
+        print("(set DPD_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        return 1
+    return out if isinstance(out, int) else 0
+
+
+def train(cfg) -> int:
+    """Exit status 0, or 128 + the signal (130 for Ctrl-C, 143 for SIGTERM) when a signal
+    stopped the run: its checkpoint is saved, but it is not the requested training."""
     from ..training.build import train_from_config
 
     summary = train_from_config(cfg)
     keys = ("step", "loss", "val_loss", "train_wallclock_s", "checkpoint")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1), file=sys.stderr)
-    return summary
+    if summary.get("stop_signal"):
+        print(
+            f"training stopped by signal {summary['stop_signal']} at step {summary['step']}; "
+            "re-run the same command to continue",
+            file=sys.stderr,
+        )
+        return 128 + int(summary["stop_signal"])
+    return 0
 
 
-def collect(cfg: dict[str, Any]) -> dict[str, Any]:
+def collect(cfg: CollectRun) -> dict[str, Any]:
     from ..data.collect import collect as run_collect
 
-    out = cfg.get("output") or f"data/{cfg['task']}{'_image' if cfg['obs'] == 'image' else ''}.zarr"
+    suffix = "_image" if cfg.obs == "image" else ""
+    out = cfg.output or f"data/{cfg.task}{suffix}.zarr"
     summary = run_collect(
-        cfg["task"],
-        int(cfg["episodes"]),
+        cfg.task,
+        cfg.episodes,
         out,
-        obs_mode=cfg["obs"],
-        seed=int(cfg["seed"]),
-        workers=int(cfg["workers"]),
-        image_size=int(cfg["image_size"]),
-        progress=bool(cfg["progress"]),
+        obs=cfg.obs,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        image_size=cfg.image_size,
+        progress=cfg.progress,
     )
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return summary
 
 
-def resolve_sampler(ckpt_sampler: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """The sampler to evaluate with: the checkpoint's default with the non-null overrides on top,
-    or, when the method changes, that method's defaults (configs/sampler/<method>.yaml)."""
-    import importlib.resources
+def env_spec_for(cfg: EvalRun, ckpt_env: dict[str, Any] | None) -> dict[str, Any]:
+    """The env to evaluate in: the checkpoint's, a registry task, or any gymnasium env."""
+    from ..envs.spec import gym_env_spec, migrate_spec, task_env_spec
 
-    import yaml
-
-    ov = {k: v for k, v in (override or {}).items() if v is not None}
-    method = ov.get("method", ckpt_sampler.get("method"))
-    if method != ckpt_sampler.get("method"):
-        files = (
-            importlib.resources.files("diffusion_policy_dist.configs")
-            / "sampler"
-            / f"{method}.yaml"
-        )
-        if not files.is_file():
-            raise ValueError(f"unknown sampler {method!r}")
-        base = yaml.safe_load(files.read_text())
-    else:
-        base = dict(ckpt_sampler)
-    base.update(ov)
-    return base
-
-
-def env_spec_from_cfg(cfg: dict[str, Any], ckpt_env: dict[str, Any] | None) -> dict[str, Any]:
-    """The env to evaluate in: the checkpoint's, a built-in task, or any gymnasium env."""
-    from ..evaluation import dpd_env_spec, gym_env_spec
-
-    task = cfg.get("task")
-    if task is None:
+    if cfg.task is None:
         if not ckpt_env:
             raise ValueError(
                 "the checkpoint records no env (its dataset had no 'env' attribute); "
                 "pass task=<name> or task=gym env.id=<id>"
             )
-        spec = dict(ckpt_env)
-        if cfg.get("obs") and spec.get("type") == "dpd":
-            spec = dpd_env_spec(spec["task"], cfg["obs"], spec.get("image_size", 96))
+        spec = migrate_spec(ckpt_env)
+        if cfg.obs and spec.get("kind") == "task":
+            spec = task_env_spec(spec["task"], cfg.obs, spec.get("image_size", 96))
         return spec
-    if task == "gym":
-        e = cfg.get("env") or {}
-        if not e.get("id"):
+    if cfg.task == "gym":
+        e = cfg.env
+        if not e.id:
             raise ValueError("task=gym needs env.id=<registered gymnasium id>")
         return gym_env_spec(
-            e["id"],
-            e.get("obs_keys"),
-            e.get("success_key"),
-            e.get("module"),
-            e.get("kwargs"),
-            e.get("max_episode_steps"),
+            e.id, e.obs_keys, e.success_key, e.module, e.kwargs, e.max_episode_steps, e.flatten
         )
-    obs = cfg.get("obs") or (ckpt_env or {}).get("obs_mode", "lowdim")
-    return dpd_env_spec(task, obs, (ckpt_env or {}).get("image_size", 96))
+    base = migrate_spec(ckpt_env or {})
+    return task_env_spec(cfg.task, cfg.obs or base.get("obs", "state"), base.get("image_size", 96))
 
 
-def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
-    from pathlib import Path
-
+def evaluate(cfg: EvalRun) -> dict[str, Any]:
+    from ..envs.spec import Trust
+    from ..envs.workers import EnvSource
     from ..evaluation import evaluate as run_eval
     from ..evaluation import format_summary
-    from ..policy.config import SamplerConfig, from_dict
     from ..training.build import policy_from_checkpoint, resolve_device
 
     policy, ckpt = policy_from_checkpoint(
-        cfg["checkpoint"],
-        use_ema=bool(cfg.get("use_ema", True)),
-        device=resolve_device(cfg.get("device")),
+        cfg.checkpoint, use_ema=cfg.use_ema, device=resolve_device(cfg.device)
     )
-    sampler = from_dict(
-        SamplerConfig,
-        resolve_sampler(ckpt.meta["policy"]["sampler"], cfg.get("sampler")),
-        "sampler",
+    sampler = cfg.sampler if cfg.sampler is not None else policy.sampler_cfg
+    spec = env_spec_for(cfg, ckpt.meta.get("env"))
+    trust = Trust(
+        modules=frozenset([cfg.env.module] if cfg.env.module else []),
+        factories=frozenset([cfg.env.factory] if cfg.env.factory else []),
     )
-    spec = env_spec_from_cfg(cfg, ckpt.meta.get("env"))
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path
-    out = cfg.get("output_dir") or str(Path(run_dir) / "eval" / f"{sampler.method}-{sampler.steps}")
+    out = cfg.output_dir or str(Path(run_dir) / "eval" / f"{sampler.kind}-{sampler.steps}")
     result = run_eval(
         policy,
-        spec,
-        cfg.get("eval"),
+        EnvSource.from_spec(spec, trust),
+        cfg.eval,
         sampler=sampler,
         output_dir=out,
         checkpoint=str(ckpt.path),
@@ -126,36 +138,31 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def info(cfg: dict[str, Any]) -> None:
-    import os
+def _is_dataset(path: str) -> bool:
+    return path.endswith(".zip") or os.path.exists(os.path.join(path, "meta"))
 
-    path = cfg["path"]
-    if os.path.exists(os.path.join(path, "meta", "episode_ends")) or os.path.exists(
-        os.path.join(path, "meta")
-    ):
+
+def info(cfg: InfoRun) -> None:
+    if _is_dataset(cfg.path):
         from ..data import ReplayBuffer, infer_shape_meta
-        from ..data.collect import demo_mode_freq
 
-        buf = ReplayBuffer.open(path)
+        buf = ReplayBuffer.open(cfg.path)
+        lengths = buf.episode_lengths
         print(buf)
-        print(
-            json.dumps(
-                {
-                    "shape_meta": infer_shape_meta(buf) if "action" in buf.keys() else None,
-                    "env": dict(buf.attrs.get("env") or {}) or None,
-                    "mode_freq": demo_mode_freq(buf),
-                    "episode_lengths": {
-                        "min": int(buf.episode_lengths.min()) if buf.n_episodes else 0,
-                        "max": int(buf.episode_lengths.max()) if buf.n_episodes else 0,
-                    },
-                },
-                indent=1,
-            )
-        )
+        summary = {
+            "shape_meta": infer_shape_meta(buf) if "action" in buf.keys() else None,
+            "env": dict(buf.attrs.get("env") or {}) or None,
+            "mode_freq": buf.mode_frequencies(),
+            "episode_lengths": {
+                "min": int(lengths.min()) if buf.n_episodes else 0,
+                "max": int(lengths.max()) if buf.n_episodes else 0,
+            },
+        }
+        print(json.dumps(summary, indent=1))
         return
-    from ..training.checkpoint import load_checkpoint
+    from ..training.checkpoint import read_meta, resolve_checkpoint
 
-    ck = load_checkpoint(path)
+    meta = read_meta(cfg.path)
     keep = (
         "step",
         "total_steps",
@@ -169,37 +176,30 @@ def info(cfg: dict[str, Any]) -> None:
         "created",
         "git_commit",
         "versions",
+        "policy",
     )
-    print(f"checkpoint {ck.path}")
-    print(
-        json.dumps({k: ck.meta.get(k) for k in keep} | {"policy": ck.meta.get("policy")}, indent=1)
-    )
+    print(f"checkpoint {resolve_checkpoint(cfg.path)}")
+    print(json.dumps({k: meta.get(k) for k in keep}, indent=1))
 
 
-def bench(cfg: dict[str, Any]) -> dict[str, Any]:
-    from ..benchmarks.bench import run
+def bench(cfg, command_line: str) -> dict[str, Any]:
+    from ..benchmarks.bench import run as run_bench
 
-    return run(cfg)
-
-
-def demo(cfg: dict[str, Any]) -> dict[str, Any]:
-    from .demo import run
-
-    return run(cfg)
+    return run_bench(cfg, command_line)
 
 
-def import_robomimic(cfg: dict[str, Any]) -> dict[str, Any]:
-    from pathlib import Path
+def demo(cfg, command_line: str) -> dict[str, Any]:
+    from ..benchmarks.demo import run as run_demo
 
+    return run_demo(cfg, command_line)
+
+
+def import_robomimic(cfg: ImportRobomimicRun) -> dict[str, Any]:
     from ..data.robomimic import import_robomimic as run_import
 
-    out = cfg.get("output") or f"data/{Path(cfg['input']).stem}.zarr"
+    out = cfg.output or f"data/{Path(cfg.input).stem}.zarr"
     summary = run_import(
-        cfg["input"],
-        out,
-        obs_keys=cfg.get("obs_keys"),
-        overwrite=bool(cfg.get("overwrite")),
-        progress=bool(cfg.get("progress", True)),
+        cfg.input, out, obs_keys=cfg.obs_keys, overwrite=cfg.overwrite, progress=cfg.progress
     )
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return summary

@@ -1,37 +1,29 @@
 """``dpd``: the command-line entry point.
 
-``dpd <command> [key=value ...]`` composes ``configs/<command>.yaml`` with Hydra overrides
-(``group=option`` picks a config group option, ``a.b=v`` sets a value, ``+a.b=v`` adds one) and
-runs the command. ``dpd <command> --cfg`` prints the composed config without running.
+``dpd <command> [key=value ...]`` composes the command's config with Hydra overrides
+(``group=option`` picks a config group option, ``a.b=v`` sets a value) into its validated
+schema object and runs the command. ``dpd <command> --cfg`` prints the composed config.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from .compose import compose, compose_config, describe_error
+
+# command -> (function in .commands, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("diffusion_policy_dist.cli.commands:train", "train a policy on a zarr dataset"),
-    "collect": (
-        "diffusion_policy_dist.cli.commands:collect",
-        "collect scripted-expert demos to zarr",
-    ),
-    "eval": (
-        "diffusion_policy_dist.cli.commands:evaluate",
-        "closed-loop evaluation of a checkpoint",
-    ),
-    "bench": (
-        "diffusion_policy_dist.cli.commands:bench",
-        "the sampler/NFE benchmark on built-in tasks",
-    ),
-    "demo": ("diffusion_policy_dist.cli.commands:demo", "collect, train, evaluate: the main job"),
-    "import-robomimic": (
-        "diffusion_policy_dist.cli.commands:import_robomimic",
-        "convert a robomimic HDF5 file to zarr",
-    ),
-    "info": ("diffusion_policy_dist.cli.commands:info", "describe a checkpoint or a dataset"),
+    "train": ("train", "train a policy on a zarr dataset"),
+    "collect": ("collect", "collect scripted-expert demos to zarr"),
+    "eval": ("evaluate", "closed-loop evaluation of a checkpoint"),
+    "bench": ("bench", "the sampler/NFE benchmark on built-in tasks"),
+    "demo": ("demo", "collect, train, evaluate: the main job"),
+    "import-robomimic": ("import_robomimic", "convert a robomimic HDF5 file to zarr"),
+    "info": ("info", "describe a checkpoint or a dataset"),
 }
 
 USAGE = """usage: dpd <command> [key=value ...] [--cfg]
@@ -46,33 +38,38 @@ examples:
   dpd demo
 """
 
+__all__ = ["COMMANDS", "compose", "main"]
 
-def compose(command: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The composed config of ``command`` as a plain dict (interpolations resolved)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+
+def _print_usage() -> None:
+    width = max(map(len, COMMANDS))
+    cmds = "\n".join(f"  {k:<{width}}  {v[1]}" for k, v in COMMANDS.items())
+    print(USAGE.format(commands=cmds))
+
+
+def _compose_or_exit(command: str, overrides: list[str], show: bool) -> Any:
+    """The command's config object; prints the config and returns None for ``--cfg``."""
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module("diffusion_policy_dist.configs", version_base=None):
-        cfg = hydra_compose(config_name=command, overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def _load(target: str) -> Callable[[dict], Any]:
-    import importlib
-
-    module, fn = target.split(":")
-    return getattr(importlib.import_module(module), fn)
+    try:
+        if show:
+            print(OmegaConf.to_yaml(compose_config(command, overrides)))
+            return None
+        return compose(command, overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"dpd {command}: bad override: {describe_error(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValueError, TypeError) as e:  # a value a schema's validation refused
+        print(f"dpd {command}: bad setting: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        width = max(map(len, COMMANDS))
-        cmds = "\n".join(f"  {k:<{width}}  {v[1]}" for k, v in COMMANDS.items())
-        print(USAGE.format(commands=cmds))
+        _print_usage()
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
@@ -82,35 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     os.environ.setdefault("MUJOCO_GL", "egl")
-    show_cfg = "--cfg" in rest
+    show = bool({"--cfg", "-h", "--help"} & set(rest))
     if "-h" in rest or "--help" in rest:
-        show_cfg = True
         print(f"dpd {command}: {COMMANDS[command][1]}\nconfig (override any key with key=value):\n")
     overrides = [a for a in rest if a not in ("--cfg", "-h", "--help")]
-    from hydra.errors import HydraException
-
     try:
-        cfg = compose(command, overrides)
-    except HydraException as e:
-        print(f"dpd {command}: bad override: {e}", file=sys.stderr)
-        return 2
-    if show_cfg:
-        import yaml
-
-        print(yaml.safe_dump(cfg, sort_keys=False))
+        cfg = _compose_or_exit(command, overrides, show)
+    except SystemExit as e:
+        return int(e.code)
+    if cfg is None:
         return 0
-    try:
-        _load(COMMANDS[command][0])(cfg)
-    except KeyboardInterrupt:
-        print(f"dpd {command}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        if os.environ.get("DPD_TRACEBACK"):
-            raise
-        print(f"dpd {command}: error: {e}", file=sys.stderr)
-        print("(set DPD_TRACEBACK=1 for the full traceback)", file=sys.stderr)
-        return 1
-    return 0
+    from . import commands
+
+    command_line = "dpd " + shlex.join(argv)
+    return commands.run(COMMANDS[command][0], cfg, command_line)
 
 
 if __name__ == "__main__":

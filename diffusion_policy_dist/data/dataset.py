@@ -56,7 +56,8 @@ def infer_shape_meta(
     a_shape = buffer.shape(action_key)
     if len(a_shape) != 1:
         raise DatasetError(
-            f"{buffer.path}: data/{action_key} must be [T, action_dim], got per-step shape {a_shape}"
+            f"{buffer.path}: data/{action_key} must be [T, action_dim], "
+            f"got per-step shape {a_shape}"
         )
     obs = {}
     for k in obs_keys:
@@ -73,7 +74,7 @@ def check_shape_meta(expected: Mapping[str, Any], got: Mapping[str, Any], where:
     """Raise a clear error when two shape_metas disagree (e.g. a checkpoint vs a dataset)."""
 
     def flat(sm):
-        out = {f"action": tuple(sm["action"]["shape"])}
+        out = {"action": tuple(sm["action"]["shape"])}
         for k, v in sm["obs"].items():
             out[f"obs.{k}"] = (tuple(v["shape"]), v.get("type", "low_dim"))
         return out
@@ -117,7 +118,9 @@ class SequenceDataset(Dataset):
         if buffer.n_episodes == 0:
             raise DatasetError(f"{buffer.path}: the dataset has no episodes")
         check_shape_meta(
-            shape_meta, infer_shape_meta(buffer, self.obs_keys, action_key), f"dataset {buffer.path}"
+            shape_meta,
+            infer_shape_meta(buffer, self.obs_keys, action_key),
+            f"dataset {buffer.path}",
         )
         if data is None:  # a validation split shares the training split's arrays
             self.data = buffer.load([*self.obs_keys, action_key])
@@ -162,7 +165,9 @@ class SequenceDataset(Dataset):
         act_frames, act_pad = self.sampler.frame_indices(idx, H)
         obs = {}
         for k in self.obs_keys:
-            arr = self.data[k][obs_frames.reshape(-1)].reshape(*obs_frames.shape, *self.data[k].shape[1:])
+            arr = self.data[k][obs_frames.reshape(-1)].reshape(
+                *obs_frames.shape, *self.data[k].shape[1:]
+            )
             if k in self.rgb_keys:
                 obs[k] = torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, -1, -3)))
             else:
@@ -185,7 +190,9 @@ class SequenceDataset(Dataset):
     def low_dim_data(self) -> dict[str, np.ndarray]:
         """Low-dim arrays (incl. action) of the selected episodes, for fitting the normalizer."""
         rows = self.sampler.table
-        steps = np.unique(np.concatenate([np.arange(s, e) for s, e in np.unique(rows[:, 1:], axis=0)]))
+        steps = np.unique(
+            np.concatenate([np.arange(s, e) for s, e in np.unique(rows[:, 1:], axis=0)])
+        )
         keys = [k for k in self.obs_keys if k not in self.rgb_keys] + [self.action_key]
         return {k: self.data[k][steps] for k in keys}
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-MODES = ("limits", "gaussian")
+SCHEMES = ("limits", "gaussian")
 
 
 class Normalizer(nn.Module):
@@ -24,19 +24,31 @@ class Normalizer(nn.Module):
     tensor, or a dict of them (keys without statistics, e.g. images, pass through).
     """
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], mode: str | Mapping[str, str] = "limits",
-                 eps: float = 1e-4) -> None:
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        scheme: str | Mapping[str, str] = "limits",
+        eps: float = 1e-4,
+    ) -> None:
         super().__init__()
         self.keys_ = sorted(shapes)
         self.eps = eps
-        self.modes = {k: (mode if isinstance(mode, str) else mode.get(k, "limits")) for k in self.keys_}
-        for k, m in self.modes.items():
-            if m not in MODES:
-                raise ValueError(f"normalizer mode for {k!r} must be one of {MODES}, got {m!r}")
+        self.schemes = {
+            k: (scheme if isinstance(scheme, str) else scheme.get(k, "limits")) for k in self.keys_
+        }
+        for k, m in self.schemes.items():
+            if m not in SCHEMES:
+                raise ValueError(f"normalizer scheme for {k!r} must be one of {SCHEMES}, got {m!r}")
         for k in self.keys_:
             shape = tuple(int(d) for d in shapes[k])
-            for stat, fill in (("scale", 1.0), ("offset", 0.0), ("min", 0.0), ("max", 0.0),
-                               ("mean", 0.0), ("std", 1.0)):
+            for stat, fill in (
+                ("scale", 1.0),
+                ("offset", 0.0),
+                ("min", 0.0),
+                ("max", 0.0),
+                ("mean", 0.0),
+                ("std", 1.0),
+            ):
                 self.register_buffer(f"{self._safe(k)}__{stat}", torch.full(shape, fill))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
@@ -55,14 +67,16 @@ class Normalizer(nn.Module):
             x = torch.as_tensor(np.asarray(data[k]), dtype=torch.float64)
             shape = tuple(self._get(k, "scale").shape)
             if tuple(x.shape[1:]) != shape:
-                raise ValueError(f"normalizer.fit: {k!r} has shape {tuple(x.shape)}, expected [N, {shape}]")
+                raise ValueError(
+                    f"normalizer.fit: {k!r} has shape {tuple(x.shape)}, expected [N, {shape}]"
+                )
             if x.shape[0] == 0:
                 raise ValueError(f"normalizer.fit: {k!r} is empty")
             if not torch.isfinite(x).all():
                 raise ValueError(f"normalizer.fit: {k!r} contains NaN or inf")
             lo, hi = x.min(0).values, x.max(0).values
             mean, std = x.mean(0), x.std(0, unbiased=False)
-            if self.modes[k] == "limits":
+            if self.schemes[k] == "limits":
                 rng = hi - lo
                 const = rng < self.eps
                 scale = torch.where(const, torch.ones_like(rng), 2.0 / rng.clamp_min(self.eps))
@@ -71,8 +85,14 @@ class Normalizer(nn.Module):
                 const = std < self.eps
                 scale = torch.where(const, torch.ones_like(std), 1.0 / std.clamp_min(self.eps))
                 center = mean
-            for stat, v in (("scale", scale), ("offset", -center * scale), ("min", lo), ("max", hi),
-                            ("mean", mean), ("std", std)):
+            for stat, v in (
+                ("scale", scale),
+                ("offset", -center * scale),
+                ("min", lo),
+                ("max", hi),
+                ("mean", mean),
+                ("std", std),
+            ):
                 self._get(k, stat).copy_(v.float())
         self.fitted.fill_(True)
         return self
@@ -94,7 +114,7 @@ class Normalizer(nn.Module):
         """Human-readable statistics (written beside checkpoints as normalizer.json)."""
         out: dict[str, dict[str, list]] = {}
         for k in self.keys_:
-            out[k] = {"mode": self.modes[k]}
+            out[k] = {"scheme": self.schemes[k]}
             for stat in ("min", "max", "mean", "std", "scale", "offset"):
                 out[k][stat] = self._get(k, stat).tolist()
         return out

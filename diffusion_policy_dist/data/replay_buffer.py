@@ -20,14 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from ..files import building_dir
+from ..stats import mode_frequencies
 
 FORMAT_NAME = "diffusion_policy_dist.replay_buffer"
 FORMAT_VERSION = 1
@@ -46,7 +48,9 @@ def _default_compressor(dtype: np.dtype, zarr_format: int):
         return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=shuffle)
     from zarr.codecs import BloscCodec
 
-    return BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle" if dtype == np.uint8 else "shuffle")
+    return BloscCodec(
+        cname="zstd", clevel=3, shuffle="noshuffle" if dtype == np.uint8 else "shuffle"
+    )
 
 
 def _default_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
@@ -64,10 +68,10 @@ class ReplayBuffer:
     - ``attrs``: the root attributes (shape_meta, env spec, episode info ...).
     """
 
-    def __init__(self, root: zarr.Group, path: str, mode: str) -> None:
+    def __init__(self, root: zarr.Group, path: str, writable: bool) -> None:
         self.root = root
         self.path = path
-        self.mode = mode
+        self.writable = writable
         self._validate_and_repair()
 
     # ------------------------------------------------------------------ construction
@@ -96,18 +100,16 @@ class ReplayBuffer:
             {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "episode_info": []}
             | dict(attrs or {})
         )
-        return cls(root, path, "a")
+        return cls(root, path, writable=True)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
-        """Open an existing buffer (``mode`` "r" or "a"). ``.zip`` paths are read-only."""
+    def open(cls, path: str | os.PathLike, writable: bool = False) -> ReplayBuffer:
+        """Open an existing buffer, read-only unless ``writable``. ``.zip`` paths are read-only."""
         path = str(path)
-        if mode not in ("r", "a"):
-            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if not os.path.exists(path):
             raise FileNotFoundError(f"dataset {path} does not exist")
         if path.endswith(".zip"):
-            if mode != "r":
+            if writable:
                 raise ValueError(f"{path}: zip stores are read-only; convert to a directory first")
             from zarr.storage import ZipStore
 
@@ -115,10 +117,10 @@ class ReplayBuffer:
         else:
             store = path
         try:
-            root = zarr.open_group(store, mode=mode)
+            root = zarr.open_group(store, mode="a" if writable else "r")
         except Exception as e:  # zarr raises several types for "not a group"
             raise DatasetError(f"{path} is not a readable zarr group: {e}") from e
-        return cls(root, path, mode)
+        return cls(root, path, writable)
 
     # ------------------------------------------------------------------ validation
     @property
@@ -141,8 +143,10 @@ class ReplayBuffer:
             raise DatasetError(f"{p}: meta/episode_ends must be 1-D, got shape {ends.shape}")
         n_committed = len(ends)
         # an append killed between resizing and writing episode_ends leaves a fill value (0)
-        while self.is_ours and n_committed and (
-            ends[n_committed - 1] <= (ends[n_committed - 2] if n_committed > 1 else 0)
+        while (
+            self.is_ours
+            and n_committed
+            and (ends[n_committed - 1] <= (ends[n_committed - 2] if n_committed > 1 else 0))
         ):
             n_committed -= 1
         ends = ends[:n_committed]
@@ -168,7 +172,7 @@ class ReplayBuffer:
                     )
                 stale[key] = arr.shape[0]
         self._ends = ends
-        if (stale or n_committed < ends_arr.shape[0]) and self.mode == "a":
+        if (stale or n_committed < ends_arr.shape[0]) and self.writable:
             warnings.warn(
                 f"{p}: discarding an interrupted append (episode {n_committed}); "
                 f"{len(stale)} data arrays trimmed to {n_steps} steps",
@@ -209,6 +213,15 @@ class ReplayBuffer:
         """Per-episode records (seed, mode, expert success, ...) for committed episodes."""
         return list(self.root.attrs.get("episode_info", []))[: self.n_episodes]
 
+    def mode_frequencies(self) -> dict[str, float] | None:
+        """Behaviour-mode frequencies of the demonstrations (per-episode ``mode`` records and the
+        env spec's ``mode_names``), or None when the dataset doesn't record modes."""
+        names = dict(self.attrs.get("env") or {}).get("mode_names")
+        modes = [r.get("mode") for r in self.episode_info]
+        if not names or not modes or any(m is None for m in modes):
+            return None
+        return mode_frequencies([int(m) for m in modes], names)
+
     def keys(self) -> list[str]:
         return sorted(self.root["data"].array_keys())
 
@@ -229,12 +242,17 @@ class ReplayBuffer:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{list(self.shape(k))}:{self.dtype(k)}" for k in self.keys())
-        return f"ReplayBuffer({self.path!r}, episodes={self.n_episodes}, steps={self.n_steps}, {shapes})"
+        return (
+            f"ReplayBuffer({self.path!r}, episodes={self.n_episodes}, steps={self.n_steps}, "
+            f"{shapes})"
+        )
 
     # ------------------------------------------------------------------ reading
     def episode_slice(self, i: int) -> slice:
         if not -self.n_episodes <= i < self.n_episodes:
-            raise IndexError(f"{self.path}: episode {i} out of range (n_episodes={self.n_episodes})")
+            raise IndexError(
+                f"{self.path}: episode {i} out of range (n_episodes={self.n_episodes})"
+            )
         i %= self.n_episodes
         start = int(self._ends[i - 1]) if i > 0 else 0
         return slice(start, int(self._ends[i]))
@@ -248,10 +266,6 @@ class ReplayBuffer:
         """All committed steps of ``keys`` as in-memory arrays ``[n_steps, *shape]``."""
         return {k: np.asarray(self._array(k)[: self.n_steps]) for k in (keys or self.keys())}
 
-    def iter_episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(self.n_episodes):
-            yield self.get_episode(i, keys)
-
     # ------------------------------------------------------------------ writing
     def add_episode(
         self,
@@ -264,15 +278,17 @@ class ReplayBuffer:
         ``info`` is a JSON-able record kept in ``attrs["episode_info"]`` (e.g. seed, mode).
         The episode becomes visible only once fully written.
         """
-        if self.mode == "r":
-            raise PermissionError(f"{self.path} is open read-only; open with mode='a' to append")
+        if not self.writable:
+            raise PermissionError(f"{self.path} is open read-only; open it with writable=True")
         episode = {k: np.asarray(v) for k, v in episode.items()}
         if not episode:
             raise ValueError("add_episode: empty episode dict")
         lengths = {k: v.shape[0] if v.ndim else None for k, v in episode.items()}
         T = next(iter(lengths.values()))
         if T is None or T == 0 or any(n != T for n in lengths.values()):
-            raise ValueError(f"add_episode: every key needs the same non-zero length; got {lengths}")
+            raise ValueError(
+                f"add_episode: every key needs the same non-zero length; got {lengths}"
+            )
         existing = self.keys()
         if existing and sorted(episode) != existing and self.n_episodes == 0:
             # arrays left by a first append that was killed before its commit hold no episode:
@@ -326,18 +342,8 @@ def atomic_buffer(path: str | os.PathLike, overwrite: bool = False, **create_kwa
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with building_dir(path) as tmp:
+        shutil.rmtree(tmp)  # zarr creates the group directory itself
         buf = ReplayBuffer.create(tmp, **create_kwargs)
         yield buf
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        buf.path = str(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    buf.path = str(path)

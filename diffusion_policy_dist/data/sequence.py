@@ -8,8 +8,6 @@ windows is one fancy-index per key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import numpy as np
 
 
@@ -52,7 +50,9 @@ class SequenceSampler:
     def __len__(self) -> int:
         return len(self.table)
 
-    def frame_indices(self, idx: np.ndarray, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def frame_indices(
+        self, idx: np.ndarray, length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Buffer indices ``[B, length]`` of the first ``length`` frames of windows ``idx`` and
         their padding mask (True where the frame repeats an episode edge)."""
         length = self.sequence_length if length is None else length
@@ -62,24 +62,10 @@ class SequenceSampler:
         is_pad = (pos < lo) | (pos >= hi)
         return np.clip(pos, lo, hi - 1), is_pad
 
-    def sample_sequence(
-        self, data: Mapping[str, np.ndarray], idx: int | np.ndarray, lengths: Mapping[str, int] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Gather windows from ``{key: [N, *shape]}``. Returns ``{key: [B, L_key, *shape]}`` plus
-        ``{key}_is_pad: [B, L_key]``; a scalar ``idx`` drops the batch axis."""
-        scalar = np.ndim(idx) == 0
-        idx = np.atleast_1d(idx)
-        out: dict[str, np.ndarray] = {}
-        for key, arr in data.items():
-            frames, pad = self.frame_indices(idx, (lengths or {}).get(key))
-            out[key] = np.asarray(arr[frames.reshape(-1)]).reshape(*frames.shape, *arr.shape[1:])
-            out[f"{key}_is_pad"] = pad
-        if scalar:
-            out = {k: v[0] for k, v in out.items()}
-        return out
 
-
-def split_episodes(n_episodes: int, val_ratio: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_episodes(
+    n_episodes: int, val_ratio: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Random train/val masks over episodes. With ``val_ratio > 0`` and at least 2 episodes,
     validation gets at least one episode and training keeps at least one."""
     if not 0.0 <= val_ratio < 1.0:
@@ -92,8 +78,3 @@ def split_episodes(n_episodes: int, val_ratio: float, seed: int = 0) -> tuple[np
         n_val = 0
     val[np.random.default_rng(seed).permutation(n_episodes)[:n_val]] = True
     return ~val, val
-
-
-def episode_of_step(episode_ends: Sequence[int], step: int) -> int:
-    """Index of the episode containing buffer step ``step``."""
-    return int(np.searchsorted(np.asarray(episode_ends), step, side="right"))

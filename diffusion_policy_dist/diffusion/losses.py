@@ -2,9 +2,15 @@
 
 All functions return one value per example (shape ``[B]``); the caller applies a time
 weighting and the batch mean. They know nothing about samplers or networks.
+
+Each loss is also one options dataclass in :data:`LOSSES` (its ``kind`` is the loss name):
+:class:`MSELoss` for mean models, :class:`EnergyLoss` and :class:`KernelLoss` (scoring rules over
+``m`` generator samples per example) for distributional ones.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -155,3 +161,100 @@ def time_weight(kind: str, schedule: Schedule, t: Tensor, bias: float = 0.0) -> 
     if kind == "sigmoid":
         return torch.sigmoid(bias - log_snr(schedule, t)).to(t.dtype)
     raise ValueError(f"unknown time weighting {kind!r}; choose one of {WEIGHTINGS}")
+
+
+@dataclass
+class LossConfig:
+    """Options every loss takes: the time weighting ``w(t)`` (:func:`time_weight`) and whether
+    padded action steps (after an episode's end) count."""
+
+    kind: str = ""
+    weighting: str = "uniform"
+    weight_bias: float = 0.0
+    mask_padding: bool = False
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return cls.__dataclass_fields__["kind"].default
+
+    @property
+    def samples_per_example(self) -> int:
+        """Generator samples (network rows) per training example."""
+        return 1
+
+    def __post_init__(self) -> None:
+        if self.kind != self.kind_name():
+            raise ValueError(
+                f"loss.kind is {self.kind!r}, but these options are {self.kind_name()!r}'s; "
+                f"pick another loss with loss={self.kind}"
+            )
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"loss.weighting must be one of {list(WEIGHTINGS)}, got {self.weighting!r}"
+            )
+
+
+@dataclass
+class MSELoss(LossConfig):
+    """Squared error of a mean model's prediction (eps, x0 or v)."""
+
+    kind: str = "mse"
+
+
+@dataclass
+class _SampleLoss(LossConfig):
+    m: int = 8
+
+    @property
+    def samples_per_example(self) -> int:
+        return self.m
+
+    def _check_m(self, least: int, why: str) -> None:
+        if not isinstance(self.m, int) or self.m < least:
+            raise ValueError(f"loss.m must be an integer >= {least} ({why}), got {self.m!r}")
+
+
+@dataclass
+class EnergyLoss(_SampleLoss):
+    """Generalized energy score; lam=0 with beta=2 is the x0-MSE ablation on the same path."""
+
+    kind: str = "energy"
+    beta: float = 1.0
+    lam: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.beta <= 2.0:
+            raise ValueError(f"loss.beta must be in (0, 2], got {self.beta}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"loss.lam must be in [0, 1], got {self.lam}")
+        if self.lam > 0:
+            self._check_m(2, "the interaction term compares samples in pairs")
+        else:
+            self._check_m(1, "generator samples per example")
+
+    def score(self, samples: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return energy_score(samples, target, beta=self.beta, lam=self.lam, mask=mask)
+
+
+@dataclass
+class KernelLoss(_SampleLoss):
+    """Kernel (MMD) score with an ``rbf`` or ``imq`` kernel of bandwidth ``bandwidth``."""
+
+    kind: str = "kernel"
+    kernel: str = "rbf"
+    bandwidth: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kernel not in KERNELS:
+            raise ValueError(f"loss.kernel must be one of {list(KERNELS)}, got {self.kernel!r}")
+        if self.bandwidth is not None and self.bandwidth <= 0:
+            raise ValueError(f"loss.bandwidth must be > 0 or null, got {self.bandwidth}")
+        self._check_m(2, "the kernel score compares samples in pairs")
+
+    def score(self, samples: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return kernel_score(samples, target, self.kernel, self.bandwidth, mask=mask)
+
+
+LOSSES: dict[str, type[LossConfig]] = {c.kind_name(): c for c in (MSELoss, EnergyLoss, KernelLoss)}

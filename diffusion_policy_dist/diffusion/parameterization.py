@@ -35,11 +35,6 @@ def to_x0(kind: str, pred: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> Tensor:
     raise ValueError(f"unknown prediction type {kind!r}; choose one of {PREDICTIONS}")
 
 
-def x0_to_eps(x0: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> Tensor:
-    """The noise implied by an x0 estimate: ``(x_t - a x0) / s``."""
-    return (x_t - a * x0) / s.clamp_min(_EPS)
-
-
 def expand_like(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-example tensor ``[B]`` to ``[B, 1, ..., 1]`` so it broadcasts against x."""
     return v.reshape(v.shape[0], *([1] * (x.dim() - 1))).to(x.dtype)

@@ -27,7 +27,7 @@ class Schedule(Protocol):
     def sigma(self, t: Tensor) -> Tensor: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Clamped:
     t_min: float
     t_max: float
@@ -45,13 +45,14 @@ class _Clamped:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class CosineSchedule(_Clamped):
     """Variance preserving cosine schedule (Nichol & Dhariwal; DP's ``squaredcos_cap_v2``).
 
     alpha = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s)), sigma = sqrt(1 - alpha^2).
     """
 
+    kind: str = "cosine"
     s: float = 0.008
     t_min: float = 1e-4
     t_max: float = 0.999
@@ -66,10 +67,11 @@ class CosineSchedule(_Clamped):
         return torch.sqrt((1.0 - a * a).clamp_min(0.0))
 
 
-@dataclass(frozen=True)
+@dataclass
 class LinearSchedule(_Clamped):
     """Variance preserving schedule with beta(t) linear from ``beta_min`` to ``beta_max`` (DDPM)."""
 
+    kind: str = "linear"
     beta_min: float = 0.1
     beta_max: float = 20.0
     t_min: float = 1e-4
@@ -88,10 +90,11 @@ class LinearSchedule(_Clamped):
         return torch.sqrt(-torch.expm1(-integral))
 
 
-@dataclass(frozen=True)
+@dataclass
 class FlowSchedule(_Clamped):
     """Rectified-flow / linear interpolation: alpha = 1 - t, sigma = t (used by the DDM paper)."""
 
+    kind: str = "flow"
     t_min: float = 1e-4
     t_max: float = 0.999
 
@@ -111,14 +114,16 @@ SCHEDULES: dict[str, type] = {
 
 def make_schedule(schedule: str | Schedule | dict, **kwargs) -> Schedule:
     """Return a schedule object from a name (``cosine``/``linear``/``flow``), a config dict
-    ``{"name": ..., **params}``, or an existing schedule object (returned unchanged)."""
+    ``{"kind": ..., **params}``, or an existing schedule object (returned unchanged)."""
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
         return SCHEDULES[schedule](**kwargs)
     if isinstance(schedule, dict) or hasattr(schedule, "keys"):
         params = dict(schedule)
-        name = params.pop("name")
+        name = params.pop("kind", None) or params.pop("name", None)  # "name": written by 0.1
+        if name is None:
+            raise ValueError(f"schedule config {dict(schedule)} has no 'kind'")
         params.update(kwargs)
         return make_schedule(name, **params)
     if not (hasattr(schedule, "alpha") and hasattr(schedule, "sigma")):

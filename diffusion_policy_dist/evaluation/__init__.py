@@ -1,29 +1,8 @@
-"""Closed-loop evaluation: env specs and adapters, the runner, metrics and videos."""
+"""Closed-loop evaluation: the runner and its parts (env pool, rollout loop, latency, report)."""
 
-from .envs import (
-    EVAL_SEED_BASE,
-    VALIDATION_SEED_BASE,
-    GymAdapter,
-    SafeEnv,
-    dpd_env_spec,
-    gym_env_spec,
-    make_env,
-)
-from .metrics import mode_frequencies, wilson_interval
-from .runner import EnvPool, EvalConfig, evaluate, format_summary
+from .config import EvalConfig
+from .pool import EnvPool
+from .report import format_summary
+from .runner import env_source, evaluate
 
-__all__ = [
-    "EVAL_SEED_BASE",
-    "VALIDATION_SEED_BASE",
-    "EnvPool",
-    "EvalConfig",
-    "GymAdapter",
-    "SafeEnv",
-    "dpd_env_spec",
-    "evaluate",
-    "format_summary",
-    "gym_env_spec",
-    "make_env",
-    "mode_frequencies",
-    "wilson_interval",
-]
+__all__ = ["EnvPool", "EvalConfig", "env_source", "evaluate", "format_summary"]

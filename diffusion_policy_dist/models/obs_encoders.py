@@ -103,7 +103,6 @@ class ObsEncoder(nn.Module):
                 for key in self.rgb_keys:
                     self.image_encoders[key] = make(key)
         self.share_rgb_encoder = share_rgb_encoder
-        self.calls = 0  # forward count; lets tests prove the encoder is not re-run per sample
 
     def _image_encoder(self, key: str) -> nn.Module:
         return self.image_encoders["shared" if self.share_rgb_encoder else key]
@@ -123,7 +122,6 @@ class ObsEncoder(nn.Module):
         return (self.output_dim,)
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        self.calls += 1
         feats = []
         for key in sorted(self.shapes):
             if key not in obs:

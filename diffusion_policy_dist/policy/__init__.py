@@ -1,14 +1,23 @@
-"""Policies: the diffusion policy and its typed configuration."""
+"""Policies: the diffusion policy, its two denoisers, its typed configuration, and the
+observation history and action queue of a policy running in a loop."""
 
 from ..window import Window
-from .config import LossConfig, NetworkConfig, PolicyConfig, SamplerConfig
-from .diffusion_policy import DiffusionPolicy
+from .config import NetworkConfig, PolicyConfig, PolicyOptions, policy_config
+from .denoisers import DENOISERS, DistributionalDenoiser, MeanDenoiser
+from .diffusion_policy import DiffusionPolicy, sampler_options
+from .queues import ActionQueue, ObsHistory
 
 __all__ = [
+    "DENOISERS",
+    "ActionQueue",
     "DiffusionPolicy",
-    "LossConfig",
+    "DistributionalDenoiser",
+    "MeanDenoiser",
     "NetworkConfig",
+    "ObsHistory",
     "PolicyConfig",
-    "SamplerConfig",
+    "PolicyOptions",
     "Window",
+    "policy_config",
+    "sampler_options",
 ]

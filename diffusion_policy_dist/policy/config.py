@@ -1,72 +1,44 @@
 """Typed, validated policy configuration.
 
-Each section is a flat dataclass; :func:`from_dict` refuses unknown keys (a misspelled option
-is an error, not a silent default) and every ``__post_init__`` checks its values.
+Every section is a dataclass whose ``__post_init__`` checks its values; the hydra config store
+(:mod:`diffusion_policy_dist.config`) uses these classes as the schema, so a misspelled option
+or a bad value fails when the command line is read. Choices with their own options (schedule,
+loss, sampler) are dataclasses from the registries of :mod:`..diffusion`, picked by ``kind``.
+
+:func:`build_config` turns plain dicts (a checkpoint's ``meta.json``) back into these objects,
+refusing unknown keys with a message that names the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..diffusion.grids import GRIDS
-from ..diffusion.losses import KERNELS, WEIGHTINGS
+from ..data.normalizer import SCHEMES
+from ..diffusion.losses import LOSSES, EnergyLoss, LossConfig
 from ..diffusion.parameterization import PREDICTIONS
-from ..diffusion.sampling import METHODS, check_opts
-from ..diffusion.schedules import SCHEDULES
+from ..diffusion.sampling import SAMPLERS, DistributionalSampler, SamplerConfig
+from ..diffusion.schedules import SCHEDULES, CosineSchedule
 
 T = TypeVar("T")
 
+POLICY_KINDS = ("mean", "distributional")
+NOISE_INJECTIONS = ("concat", "film")
 
-def _choice(section: str, name: str, value: Any, choices) -> None:
+
+def _choice(where: str, value: Any, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{section}.{name} must be one of {sorted(choices)}, got {value!r}")
-
-
-def from_dict(cls: type[T], data: Mapping[str, Any] | T | None, section: str) -> T:
-    """Build dataclass ``cls`` from a mapping, recursing into dataclass-typed fields."""
-    if data is None:
-        return cls()
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{section}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"{section}: unknown option(s) {unknown}; valid options are {sorted(fields)}"
-        )
-    kwargs = {}
-    for k, v in data.items():
-        ftype = fields[k].type
-        sub = _NESTED.get((cls.__name__, k))
-        if sub is not None:
-            kwargs[k] = from_dict(sub, v, f"{section}.{k}")
-        elif isinstance(v, list) and "tuple" in str(ftype):
-            kwargs[k] = tuple(v)
-        else:
-            kwargs[k] = v
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain, YAML/JSON-able dict of a config dataclass (tuples become lists)."""
-
-    def conv(v):
-        if isinstance(v, tuple):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        return v
-
-    return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}
+        raise ValueError(f"{where} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass
 class NetworkConfig:
+    """The UNet: channel widths per level (the horizon halves between levels), conv kernel,
+    GroupNorm groups and the width of the diffusion-time embedding."""
+
     down_dims: tuple[int, ...] = (64, 128, 256)
     kernel_size: int = 5
     n_groups: int = 8
@@ -76,72 +48,13 @@ class NetworkConfig:
         self.down_dims = tuple(int(d) for d in self.down_dims)
         if not self.down_dims or any(d % self.n_groups for d in self.down_dims):
             raise ValueError(
-                f"network.down_dims {self.down_dims} must be non-empty and divisible by "
-                f"n_groups={self.n_groups}"
+                f"network.down_dims {list(self.down_dims)} must be non-empty and divisible by "
+                f"network.n_groups={self.n_groups}"
             )
-
-
-@dataclass
-class LossConfig:
-    """``mse`` (mean models) or ``energy`` / ``kernel`` (distributional models)."""
-
-    name: str = "energy"
-    beta: float = 1.0
-    lam: float = 1.0
-    m: int = 8
-    kernel: str = "rbf"
-    bandwidth: float | None = None
-    weighting: str = "uniform"
-    weight_bias: float = 0.0
-    mask_padding: bool = False
-
-    def __post_init__(self) -> None:
-        _choice("loss", "name", self.name, ("mse", "energy", "kernel"))
-        _choice("loss", "kernel", self.kernel, KERNELS)
-        _choice("loss", "weighting", self.weighting, WEIGHTINGS)
-        if not 0.0 < self.beta <= 2.0:
-            raise ValueError(f"loss.beta must be in (0, 2], got {self.beta}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"loss.lam must be in [0, 1], got {self.lam}")
-        needs_pairs = self.name == "kernel" or (self.name == "energy" and self.lam > 0)
-        if self.m < (2 if needs_pairs else 1):
-            raise ValueError(
-                f"loss.m must be >= {2 if needs_pairs else 1} for loss.name={self.name} "
-                f"with lam={self.lam}, got {self.m}"
-            )
-
-
-@dataclass
-class SamplerConfig:
-    """Which sampler, how many steps, and its options (``eta``/``churn``/``lam`` by method)."""
-
-    method: str = "distributional"
-    steps: int = 1
-    grid: str = "uniform"
-    t_start: float = 1.0
-    eta: float | None = None
-    churn: float | None = None
-    lam: float | None = None
-    clip_x0: float | None = 1.0
-    use_prior: bool = True  # truncated policies start at t' from their prior when t_start is 1
-
-    def __post_init__(self) -> None:
-        _choice("sampler", "method", self.method, METHODS)
-        _choice("sampler", "grid", self.grid, GRIDS)
-        if self.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
-        if not 0.0 < self.t_start <= 1.0:
-            raise ValueError(f"sampler.t_start must be in (0, 1], got {self.t_start}")
-        check_opts(self.method, self.opts())
-
-    def opts(self) -> dict[str, Any]:
-        """Method options that are set (None means 'not used')."""
-        names = ("eta", "churn", "lam", "clip_x0")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-
-    def describe(self) -> str:
-        extra = ", ".join(f"{k}={v}" for k, v in self.opts().items() if k != "clip_x0")
-        return f"{self.method}-{self.steps}" + (f" ({extra})" if extra else "")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"network.kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if self.time_embed_dim < 2 or self.time_embed_dim % 2:
+            raise ValueError(f"network.time_embed_dim must be even, got {self.time_embed_dim}")
 
 
 @dataclass
@@ -149,17 +62,21 @@ class ObsEncoderConfig:
     """Camera encoders. ``crop_shape``: ``"auto"`` (7/8 of each side, e.g. 96 -> 84 and
     64 -> 56), an explicit ``[h, w]``, or None for no crop (random in training, centre in eval)."""
 
-    crop_shape: tuple[int, int] | str | None = "auto"
+    crop_shape: Any = "auto"
     share_rgb_encoder: bool = False
     num_keypoints: int = 32
     image_feature_dim: int | None = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.crop_shape, str) and self.crop_shape != "auto":
+        c = self.crop_shape
+        if (isinstance(c, str) and c != "auto") or (
+            not isinstance(c, str) and c is not None and len(c) != 2
+        ):
             raise ValueError(
-                f"policy.obs_encoder.crop_shape must be 'auto', [h, w] or null, "
-                f"got {self.crop_shape!r}"
+                f"policy.obs_encoder.crop_shape must be 'auto', [h, w] or null, got {c!r}"
             )
+        if c is not None and not isinstance(c, str):
+            self.crop_shape = (int(c[0]), int(c[1]))
 
 
 @dataclass
@@ -174,46 +91,121 @@ class PriorConfig:
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"prior.alpha must be in (0, 1) or null, got {self.alpha}")
+            raise ValueError(f"policy.prior.alpha must be in (0, 1) or null, got {self.alpha}")
+        if self.components < 1 or self.hidden < 1:
+            raise ValueError("policy.prior.components and policy.prior.hidden must be >= 1")
 
 
 @dataclass
-class PolicyConfig:
+class PolicyOptions:
+    """The ``policy`` config group. ``kind``: the denoiser (``mean``: predicts eps/x0/v, trained
+    with MSE; ``distributional``: samples x0 from extra noise, trained with a scoring rule).
+    ``prediction``: what a mean model's network predicts. ``noise_injection``/``noise_dim``: how a
+    distributional model gets its noise. ``normalizer``: ``limits`` ([-1, 1]) or ``gaussian``."""
+
     kind: str = "distributional"
     prediction: str = "epsilon"
     noise_injection: str = "concat"
     noise_dim: int | None = None
-    schedule: dict = field(default_factory=lambda: {"name": "cosine"})
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    normalizer: str = "limits"
     obs_encoder: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
-    normalizer_mode: str = "limits"
 
     def __post_init__(self) -> None:
-        _choice("policy", "kind", self.kind, ("mean", "distributional"))
-        _choice("policy", "prediction", self.prediction, PREDICTIONS)
-        _choice("policy", "noise_injection", self.noise_injection, ("concat", "film"))
-        _choice("policy", "normalizer_mode", self.normalizer_mode, ("limits", "gaussian"))
-        self.schedule = dict(self.schedule)
-        _choice("policy.schedule", "name", self.schedule.get("name"), SCHEDULES)
-        if self.kind == "mean" and self.loss.name != "mse":
+        _choice("policy.kind", self.kind, POLICY_KINDS)
+        _choice("policy.prediction", self.prediction, PREDICTIONS)
+        _choice("policy.noise_injection", self.noise_injection, NOISE_INJECTIONS)
+        _choice("policy.normalizer", self.normalizer, SCHEMES)
+        if self.noise_dim is not None and self.noise_dim < 1:
+            raise ValueError(f"policy.noise_dim must be >= 1 or null, got {self.noise_dim}")
+
+
+@dataclass
+class PolicyConfig(PolicyOptions):
+    """Everything that builds a policy: the ``policy`` group plus the network, schedule, loss
+    and default sampler (in a run config these are their own groups)."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    schedule: Any = field(default_factory=CosineSchedule)
+    loss: Any = field(default_factory=EnergyLoss)
+    sampler: Any = field(default_factory=DistributionalSampler)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.loss, LossConfig) or not isinstance(self.sampler, SamplerConfig):
+            raise TypeError("policy: loss and sampler must be built config objects")
+        if self.kind == "mean" and self.loss.kind != "mse":
             raise ValueError(
-                f"policy.kind=mean is trained with loss.name=mse, got {self.loss.name!r} "
+                f"policy.kind=mean is trained with loss=mse, got loss={self.loss.kind} "
                 "(use policy=distributional for scoring-rule losses)"
             )
-        if self.kind == "distributional" and self.loss.name == "mse":
+        if self.kind == "distributional" and self.loss.kind == "mse":
             raise ValueError(
-                "policy.kind=distributional needs loss.name=energy or kernel; for the x0-MSE "
-                "ablation on the same code path use loss.name=energy loss.beta=2 loss.lam=0"
+                "policy.kind=distributional needs loss=energy or a kernel loss; for the x0-MSE "
+                "ablation on the same code path use loss=energy loss.beta=2 loss.lam=0"
             )
 
 
-_NESTED = {
-    ("PolicyConfig", "network"): NetworkConfig,
-    ("PolicyConfig", "loss"): LossConfig,
-    ("PolicyConfig", "sampler"): SamplerConfig,
-    ("PolicyConfig", "obs_encoder"): ObsEncoderConfig,
-    ("PolicyConfig", "prior"): PriorConfig,
-}
+def build_config(cls: type[T], data: Mapping[str, Any] | T | None, where: str) -> T:
+    """Dataclass ``cls`` from a plain mapping, recursing into dataclass-typed fields; an unknown
+    key is an error naming ``where`` and the valid keys."""
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown option(s) {unknown}; valid options are {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        sub = hints.get(k)
+        nested = isinstance(sub, type) and dataclasses.is_dataclass(sub)
+        kwargs[k] = build_config(sub, v, f"{where}.{k}") if nested else v
+    return cls(**kwargs)
+
+
+def build_choice(
+    registry: Mapping[str, type[T]],
+    data: Mapping[str, Any] | T,
+    where: str,
+    default_kind: str | None = None,
+) -> T:
+    """The registered options class that ``data["kind"]`` (else ``default_kind``) names, built
+    from ``data``."""
+    if not isinstance(data, Mapping):
+        return data
+    kind = data.get("kind", default_kind)
+    data = {**data, "kind": kind}
+    if kind not in registry:
+        raise ValueError(f"{where}.kind must be one of {list(registry)}, got {kind!r}")
+    return build_config(registry[kind], data, where)
+
+
+def policy_config(data: Mapping[str, Any] | PolicyConfig, where: str = "policy") -> PolicyConfig:
+    """A :class:`PolicyConfig` from a plain dict (e.g. a checkpoint's ``meta["policy"]``)."""
+    if isinstance(data, PolicyConfig):
+        return data
+    d = dict(data)
+    defaults = PolicyConfig.__dataclass_fields__
+    for key, registry in (("schedule", SCHEDULES), ("loss", LOSSES), ("sampler", SAMPLERS)):
+        if key in d:
+            default_kind = defaults[key].default_factory().kind
+            d[key] = build_choice(registry, d[key], f"{where}.{key}", default_kind)
+    return build_config(PolicyConfig, d, where)
+
+
+def to_dict(obj: Any) -> Any:
+    """A config object as plain YAML/JSON values (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

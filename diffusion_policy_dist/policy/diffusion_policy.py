@@ -1,19 +1,13 @@
-"""Diffusion policy over action chunks: a mean (MSE/DDPM) model or a distributional one.
+"""Diffusion policy over action chunks, for either denoiser (see :mod:`.denoisers`).
 
-- **mean**: the UNet sees ``x_t`` and predicts eps, x0 or v; trained with masked MSE.
-- **distributional**: the UNet also sees fresh noise ``xi`` (extra input channels, or a FiLM
-  vector) and outputs a *sample* of p(x0 | x_t, o); trained with the energy or kernel score
-  over ``m`` samples per example. The observation encoder runs once per example and its
-  features are repeated for the m samples.
-
-The policy owns normalization, the schedule and the parameterization; the network sees none
-of them. Sampling goes through :func:`diffusion_policy_dist.diffusion.sampling.sample`, which
-sees only ``model(x_t, t, cond) -> x0``.
+The policy owns normalization, the observation encoder, the schedule, the denoiser (and its
+network) and the optional truncation prior; the network sees none of the first three. Sampling
+goes through :func:`diffusion_policy_dist.diffusion.sampling.sample`, which sees only
+``model(x_t, t, cond) -> x0``.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,15 +16,24 @@ import torch
 from torch import Tensor, nn
 
 from ..data.normalizer import Normalizer
-from ..diffusion.losses import energy_score, kernel_score, mse_loss, time_weight
-from ..diffusion.parameterization import expand_like, prediction_target, to_x0
-from ..diffusion.sampling import sample
+from ..diffusion.sampling import SAMPLERS, SamplerConfig, sample
 from ..diffusion.schedules import make_schedule, t_at_alpha
 from ..models.obs_encoders import ObsEncoder, obs_keys_by_type
 from ..models.prior import MixtureDensityPrior
 from ..models.unet1d import ConditionalUnet1D
 from ..window import Window
-from .config import PolicyConfig, SamplerConfig, from_dict
+from .config import PolicyConfig, build_choice, policy_config
+from .denoisers import DENOISERS
+from .queues import ActionQueue, ObsHistory, camera_chw
+
+
+def sampler_options(sampler: SamplerConfig | Mapping[str, Any]) -> SamplerConfig:
+    """A sampler options object from itself or a plain dict with ``kind`` (``method`` is read as
+    ``kind``, the spelling of version 0.1)."""
+    if isinstance(sampler, Mapping) and "method" in sampler and "kind" not in sampler:
+        d = {k: v for k, v in sampler.items() if v is not None and k != "method"}
+        sampler = {"kind": sampler["method"], **d}
+    return build_choice(SAMPLERS, sampler, "sampler")
 
 
 class DiffusionPolicy(nn.Module):
@@ -38,25 +41,25 @@ class DiffusionPolicy(nn.Module):
 
     ``forward(batch) -> (loss, info)`` with the batch of :class:`SequenceDataset` (raw, not
     normalized). ``predict_action(obs) -> {"action": [B, Ta, Da], "action_pred": [B, H, Da]}``
-    with ``obs = {key: [B, To, *shape]}``. ``select_action(obs_t)`` keeps observation and
-    action queues for a control loop; ``reset()`` clears them.
+    with ``obs = {key: [B, To, *shape]}``. ``select_action(obs_t)`` keeps the observation history
+    and the action queue for a control loop; ``reset()`` clears them.
     """
 
     def __init__(
         self, cfg: PolicyConfig | Mapping, shape_meta: Mapping[str, Any], window: Window
     ) -> None:
         super().__init__()
-        cfg = from_dict(PolicyConfig, cfg, "policy")
+        cfg = policy_config(cfg)
         self.cfg = cfg
         self.shape_meta = {"obs": dict(shape_meta["obs"]), "action": dict(shape_meta["action"])}
         self.window = window
         window.check_divisible(len(cfg.network.down_dims))
         self.action_dim = int(shape_meta["action"]["shape"][0])
         self.schedule = make_schedule(cfg.schedule)
-        groups = obs_keys_by_type(shape_meta)
-        norm_shapes = {k: tuple(shape_meta["obs"][k]["shape"]) for k in groups["low_dim"]}
+        low_dim = obs_keys_by_type(shape_meta)["low_dim"]
+        norm_shapes = {k: tuple(shape_meta["obs"][k]["shape"]) for k in low_dim}
         norm_shapes["action"] = (self.action_dim,)
-        self.normalizer = Normalizer(norm_shapes, mode=cfg.normalizer_mode)
+        self.normalizer = Normalizer(norm_shapes, scheme=cfg.normalizer)
         enc = cfg.obs_encoder
         self.obs_encoder = ObsEncoder(
             shape_meta,
@@ -66,25 +69,10 @@ class DiffusionPolicy(nn.Module):
             num_keypoints=enc.num_keypoints,
             image_feature_dim=enc.image_feature_dim,
         )
-        cond_dim = self.obs_encoder.output_dim
-        in_channels = self.action_dim
-        self.distributional = cfg.kind == "distributional"
-        if self.distributional:
-            if cfg.noise_injection == "concat":
-                self.noise_shape = (window.horizon, cfg.noise_dim or self.action_dim)
-                in_channels += self.noise_shape[1]
-            else:  # film: a noise vector joins the global condition
-                self.noise_shape = (cfg.noise_dim or 32,)
-                cond_dim += self.noise_shape[0]
-        self.net = ConditionalUnet1D(
-            in_channels,
-            self.action_dim,
-            cond_dim,
-            down_dims=cfg.network.down_dims,
-            kernel_size=cfg.network.kernel_size,
-            n_groups=cfg.network.n_groups,
-            time_embed_dim=cfg.network.time_embed_dim,
+        self.denoiser = DENOISERS[cfg.kind](
+            cfg, self.schedule, self.action_dim, window.horizon, self._net_factory()
         )
+        self.net = self.denoiser.net
         self.t_prime: float | None = None
         self.prior: MixtureDensityPrior | None = None
         if cfg.prior.alpha is not None:
@@ -95,49 +83,52 @@ class DiffusionPolicy(nn.Module):
                 components=cfg.prior.components,
                 hidden=cfg.prior.hidden,
             )
-        self.sampler_cfg = cfg.sampler
-        self.reset()
+        self.sampler_cfg: SamplerConfig = cfg.sampler
+        self._history = ObsHistory(window.n_obs_steps)
+        self._queue = ActionQueue()
+
+    def _net_factory(self):
+        cond_dim, net = self.obs_encoder.output_dim, self.cfg.network
+
+        def make(in_channels: int, extra_cond: int) -> nn.Module:
+            return ConditionalUnet1D(
+                in_channels,
+                self.action_dim,
+                cond_dim + extra_cond,
+                down_dims=net.down_dims,
+                kernel_size=net.kernel_size,
+                n_groups=net.n_groups,
+                time_embed_dim=net.time_embed_dim,
+            )
+
+        return make
 
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def samples_per_example(self) -> int:
+        """Network rows per training example (``loss.m`` for a distributional model, else 1)."""
+        return self.denoiser.samples_per_example
+
     def set_sampler(self, sampler: SamplerConfig | Mapping) -> None:
         """Change the default sampler used by predict_action / select_action."""
-        self.sampler_cfg = from_dict(SamplerConfig, sampler, "sampler")
+        self.sampler_cfg = sampler_options(sampler)
 
     def encode_obs(self, obs: Mapping[str, Tensor]) -> Tensor:
         """Normalized features ``[B, D]`` of a raw observation history ``{key: [B, To, ...]}``."""
         return self.obs_encoder(self.normalizer.normalize(obs))
 
-    def x0_estimate(
-        self,
-        x_t: Tensor,
-        t: Tensor,
-        cond: Tensor,
-        generator: torch.Generator | None = None,
-        xi: Tensor | None = None,
-    ) -> Tensor:
-        """The sampler-facing model: an x0 estimate ``[B, H, Da]`` of normalized actions.
-
-        Mean model: the posterior mean. Distributional model: a fresh posterior sample (noise
-        ``xi`` drawn here from ``generator`` unless given, shape ``[B, *noise_shape]``).
-        """
-        if not self.distributional:
-            a = expand_like(self.schedule.alpha(t), x_t)
-            s = expand_like(self.schedule.sigma(t), x_t)
-            return to_x0(self.cfg.prediction, self.net(x_t, t, cond), x_t, a, s)
-        if xi is None:
-            xi = torch.randn(
-                (x_t.shape[0], *self.noise_shape),
-                generator=generator,
-                device=x_t.device,
-                dtype=x_t.dtype,
-            )
-        if self.cfg.noise_injection == "concat":
-            return self.net(torch.cat([x_t, xi], dim=-1), t, cond)
-        return self.net(x_t, t, torch.cat([cond, xi], dim=-1))
+    @torch.no_grad()
+    def one_forward(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One network evaluation at t = 0.5 on random ``x_t`` for features ``cond [B, D]``: the
+        floor of any sampler's cost per chunk (what latency is compared with)."""
+        shape = (cond.shape[0], self.window.horizon, self.action_dim)
+        x = torch.randn(shape, generator=generator, device=cond.device)
+        t = torch.full((cond.shape[0],), 0.5, device=cond.device)
+        return self.denoiser.x0(x, t, cond, generator=generator)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
@@ -150,36 +141,10 @@ class DiffusionPolicy(nn.Module):
         dev = self.device
         obs = {k: v.to(dev, non_blocking=True) for k, v in batch["obs"].items()}
         x0 = self.normalizer.normalize("action", batch["action"].to(dev, non_blocking=True))
-        cond = self.encode_obs(obs)  # once per example, shared by the m generator samples
-        B = x0.shape[0]
-        lc = self.cfg.loss
-        mask = None
-        if lc.mask_padding and "action_is_pad" in batch:
-            mask = ~batch["action_is_pad"].to(dev)
-        t = torch.rand(B, device=dev)
-        eps = torch.randn_like(x0)
-        a = expand_like(self.schedule.alpha(t), x0)
-        s = expand_like(self.schedule.sigma(t), x0)
-        x_t = a * x0 + s * eps
-        w = time_weight(lc.weighting, self.schedule, t, lc.weight_bias)
-        info: dict[str, float] = {}
-        if not self.distributional:
-            pred = self.net(x_t, t, cond)
-            target = prediction_target(self.cfg.prediction, x0, eps, a, s)
-            per_example = mse_loss(pred, target, mask)
-        else:
-            m = lc.m
-            samples = self.x0_estimate(
-                x_t.repeat_interleave(m, 0), t.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
-            ).view(B, m, *x0.shape[1:])
-            if lc.name == "energy":
-                per_example = energy_score(samples, x0, beta=lc.beta, lam=lc.lam, mask=mask)
-            else:
-                per_example = kernel_score(samples, x0, lc.kernel, lc.bandwidth, mask=mask)
-            with torch.no_grad():
-                info["x0_mse"] = float(((samples.mean(1) - x0) ** 2).mean())
-                info["sample_spread"] = float(samples.std(1).mean()) if m > 1 else 0.0
-        loss = (w * per_example).mean()
+        cond = self.encode_obs(obs)  # once per example, shared by a denoiser's samples
+        pad = batch.get("action_is_pad")
+        per_example, info = self.denoiser.loss(x0, cond, None if pad is None else pad.to(dev))
+        loss = per_example.mean()
         info["denoise_loss"] = float(loss.detach())
         if self.prior is not None:
             a_p = float(self.schedule.alpha(torch.tensor(self.t_prime)))
@@ -194,6 +159,16 @@ class DiffusionPolicy(nn.Module):
         return loss, info
 
     # ------------------------------------------------------------------ inference
+    def _start(self, cond: Tensor, sc: SamplerConfig, generator) -> tuple[Tensor, float, float]:
+        """``(x_start, t_start, prior_ms)``: noise at ``sc.t_start``, or a draw of the truncation
+        prior at t' (its wall-clock in ms)."""
+        shape = (cond.shape[0], self.window.horizon, self.action_dim)
+        if self.prior is not None and sc.use_prior and sc.t_start == 1.0:
+            t0 = time.perf_counter()
+            x = self.prior.sample(cond, generator=generator).view(shape)
+            return x, float(self.t_prime), 1000 * (time.perf_counter() - t0)
+        return torch.randn(shape, generator=generator, device=cond.device), sc.t_start, 0.0
+
     @torch.no_grad()
     def predict_action(
         self,
@@ -207,35 +182,25 @@ class DiffusionPolicy(nn.Module):
         Returns ``{"action": [B, Ta, Da], "action_pred": [B, H, Da]}`` in env units, plus
         ``nfe`` and ``prior_ms`` (wall-clock of the truncation prior) when ``return_info``.
         """
-        sc = self.sampler_cfg if sampler is None else from_dict(SamplerConfig, sampler, "sampler")
+        sc = self.sampler_cfg if sampler is None else sampler_options(sampler)
         dev = self.device
-        obs = {k: torch.as_tensor(v, device=dev) for k, v in obs.items()}
-        cond = self.encode_obs(obs)
-        B = cond.shape[0]
-        shape = (B, self.window.horizon, self.action_dim)
-        t_start = sc.t_start
-        prior_ms = 0.0
-        if self.prior is not None and sc.use_prior and t_start == 1.0:
-            t0 = time.perf_counter()
-            x_T = self.prior.sample(cond, generator=generator).view(shape)
-            prior_ms = 1000 * (time.perf_counter() - t0)
-            t_start = self.t_prime
-        else:
-            x_T = torch.randn(shape, generator=generator, device=dev)
+        cond = self.encode_obs({k: torch.as_tensor(v, device=dev) for k, v in obs.items()})
+        x_start, t_start, prior_ms = self._start(cond, sc, generator)
 
         def model(x_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
-            return self.x0_estimate(x_t, t, c, generator=generator)
+            return self.denoiser.x0(x_t, t, c, generator=generator)
 
         x0, nfe = sample(
             model,
-            x_T,
+            x_start,
             schedule=self.schedule,
-            method=sc.method,
+            method=sc.kind,
             steps=sc.steps,
             t_start=t_start,
             grid=sc.grid,
             cond=cond,
             generator=generator,
+            clip_x0=sc.clip_x0,
             **sc.opts(),
         )
         action_pred = self.normalizer.unnormalize("action", x0)
@@ -248,27 +213,24 @@ class DiffusionPolicy(nn.Module):
         return out
 
     def reset(self) -> None:
-        """Clear the observation and action queues (call at every episode start)."""
-        self._obs_queue: collections.deque = collections.deque(maxlen=self.window.n_obs_steps)
-        self._action_queue: collections.deque = collections.deque()
+        """Clear the observation history and the action queue (call at every episode start)."""
+        self._history.reset()
+        self._queue.reset()
 
     @torch.no_grad()
     def select_action(
-        self, obs: Mapping[str, Tensor], generator: torch.Generator | None = None
+        self, obs: Mapping[str, Any], generator: torch.Generator | None = None
     ) -> Tensor:
-        """One action ``[B, Da]`` for the current observation ``{key: [B, *shape]}``.
+        """One action ``[B, Da]`` for the current observation ``{key: [B, *shape]}`` (cameras
+        ``[B, C, H, W]`` or ``[B, H, W, C]``).
 
         Plans a chunk when the action queue is empty and executes it for ``n_action_steps``
         calls. At an episode start the history is padded by repeating the first observation,
         exactly as the dataset pads training windows.
         """
-        obs = {k: torch.as_tensor(v) for k, v in obs.items()}
-        if not self._obs_queue:
-            for _ in range(self.window.n_obs_steps - 1):
-                self._obs_queue.append(obs)
-        self._obs_queue.append(obs)
-        if not self._action_queue:
-            history = {k: torch.stack([o[k] for o in self._obs_queue], dim=1) for k in obs}
-            actions = self.predict_action(history, generator=generator)["action"]
-            self._action_queue.extend(actions.unbind(1))
-        return self._action_queue.popleft()
+        obs = camera_chw({k: torch.as_tensor(v) for k, v in obs.items()}, self.shape_meta)
+        self._history.push(obs)
+        if not len(self._queue):
+            chunk = self.predict_action(self._history.stacked(), generator=generator)["action"]
+            self._queue.set(chunk)
+        return self._queue.pop()

@@ -1,129 +1,75 @@
-"""From a composed run config to live objects: dataset, policy, trainer; and back from a
-checkpoint to a policy.
+"""From a run config to live objects (dataset, policy, trainer), and from a checkpoint back to a
+policy.
 
-A run config is a plain mapping with sections ``dataset``, ``window``, ``policy``, ``network``,
-``schedule``, ``loss``, ``sampler``, ``training`` (see ``configs/train.yaml``). Every entry
-point (``dpd train``, tests, benchmarks) goes through :func:`train_from_config`, so there is one
-way to train.
+Every entry point (``dpd train``, tests, benchmarks) goes through :func:`train_from_config`, so
+there is one way to train; every reader of checkpoints goes through :func:`load_policy`.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
 from ..data import ReplayBuffer, infer_shape_meta, make_datasets
-from ..data.collect import demo_mode_freq
 from ..data.dataset import check_shape_meta
-from ..policy import DiffusionPolicy, PolicyConfig, Window
-from ..policy.config import from_dict, to_dict
-from .checkpoint import Checkpoint, load_checkpoint
+from ..policy import DiffusionPolicy, Window
+from ..policy.config import policy_config, to_dict
+from ..provenance import git_commit, versions
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .config import TrainRun
 from .trainer import Trainer
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``: CUDA when available, else CPU; a CUDA device that isn't there is an error."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def git_commit() -> str | None:
-    """The checkout's HEAD commit, with ``+dirty`` when tracked files differ from it (results
-    made from uncommitted code say so); None outside a git checkout."""
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-
     try:
-        sha = git("rev-parse", "HEAD").stdout.strip()
-        if not sha:
-            return None
-        return sha + ("+dirty" if git("diff", "--quiet", "HEAD").returncode == 1 else "")
-    except Exception:
-        return None
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}, but torch sees no CUDA device; use device=cpu or auto"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}, but only {torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
-def versions() -> dict[str, str]:
-    import mujoco
-    import numpy
-    import zarr
-
-    return {
-        "diffusion_policy_dist": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "zarr": zarr.__version__,
-        "mujoco": mujoco.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def policy_config(cfg: Mapping[str, Any]) -> PolicyConfig:
-    """Merge ``policy`` with the ``network``, ``schedule``, ``loss`` and ``sampler`` groups."""
-    merged = dict(cfg.get("policy") or {})
-    for section in ("network", "schedule", "loss", "sampler"):
-        if cfg.get(section) is not None:
-            merged[section] = dict(cfg[section])
-    return from_dict(PolicyConfig, merged, "policy")
-
-
-def build_policy_and_data(cfg: Mapping[str, Any]):
+def build_policy_and_data(run: TrainRun):
     """``(policy, train_set, val_set, buffer, shape_meta)`` with the normalizer fitted on the
     training episodes."""
-    ds = dict(cfg["dataset"])
-    path = ds.get("path")
-    if not path or path == "???":
-        raise ValueError("dataset.path is required (a zarr directory in Diffusion Policy's layout)")
-    buffer = ReplayBuffer.open(path)
-    shape_meta = infer_shape_meta(buffer, ds.get("obs_keys"), ds.get("action_key", "action"))
-    if cfg.get("shape_meta"):
-        check_shape_meta(cfg["shape_meta"], shape_meta, f"config shape_meta vs dataset {path}")
-    window = Window(**dict(cfg["window"]))
+    ds = run.dataset
+    if not ds.path or ds.path == "???":
+        raise ValueError("dataset.path is required (a zarr dataset in Diffusion Policy's layout)")
+    buffer = ReplayBuffer.open(ds.path)
+    shape_meta = infer_shape_meta(buffer, ds.obs_keys, ds.action_key)
     train_set, val_set = make_datasets(
         buffer,
         shape_meta,
-        window,
-        val_ratio=float(ds.get("val_ratio", 0.1)),
-        seed=int(cfg.get("seed", 0)),
-        action_key=ds.get("action_key", "action"),
+        run.window,
+        val_ratio=ds.val_ratio,
+        seed=run.seed,
+        action_key=ds.action_key,
     )
-    policy = DiffusionPolicy(policy_config(cfg), shape_meta, window)
+    policy = DiffusionPolicy(run.policy_config(), shape_meta, run.window)
     policy.normalizer.fit(train_set.low_dim_data())
     return policy, train_set, val_set, buffer, shape_meta
 
 
-def train_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Train a policy as the config says and return the trainer's summary."""
-    seed = int(cfg.get("seed", 0))
-    torch.manual_seed(seed)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    device = resolve_device(cfg.get("device"))
-    policy, train_set, val_set, buffer, shape_meta = build_policy_and_data(cfg)
-    out = cfg.get("output_dir") or os.path.join("outputs", "train", time.strftime("%Y%m%d-%H%M%S"))
-    n_params = sum(p.numel() for p in policy.net.parameters())
-    meta = {
-        "shape_meta": shape_meta,
-        "window": {
-            k: getattr(policy.window, k) for k in ("horizon", "n_obs_steps", "n_action_steps")
-        },
+def _run_meta(run: TrainRun, policy, buffer, train_set, val_set, device) -> dict[str, Any]:
+    """What a checkpoint says about itself besides its weights."""
+    return {
+        "shape_meta": policy.shape_meta,
+        "window": to_dict(policy.window),
         "policy": to_dict(policy.cfg),
         "env": dict(buffer.attrs.get("env") or {}) or None,
-        "demo_mode_freq": demo_mode_freq(buffer),
+        "demo_mode_freq": buffer.mode_frequencies(),
         "dataset": {
             "path": os.path.abspath(buffer.path),
             "n_episodes": buffer.n_episodes,
@@ -131,21 +77,31 @@ def train_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "train_windows": len(train_set),
             "val_windows": len(val_set) if val_set else 0,
         },
-        "network_params": n_params,
+        "network_params": sum(p.numel() for p in policy.net.parameters()),
         "versions": versions(),
         "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": str(device),
     }
+
+
+def train_from_config(run: TrainRun) -> dict[str, Any]:
+    """Train a policy as the run config says and return the trainer's summary."""
+    torch.manual_seed(run.seed)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    device = resolve_device(run.device)
+    policy, train_set, val_set, buffer, _ = build_policy_and_data(run)
+    out = run.output_dir or os.path.join("outputs", "train", time.strftime("%Y%m%d-%H%M%S"))
     trainer = Trainer(
         policy,
         train_set,
-        cfg.get("training") or {},
+        run.training,
         out,
         val_set=val_set,
-        meta=meta,
-        config=dict(cfg),
-        seed=seed,
+        meta=_run_meta(run, policy, buffer, train_set, val_set, device),
+        config=to_dict(run),
+        seed=run.seed,
         device=device,
     )
     summary = trainer.fit()
@@ -159,21 +115,38 @@ def policy_from_checkpoint(
     device: str | torch.device = "cpu",
     expected_shape_meta: Mapping[str, Any] | None = None,
 ) -> tuple[DiffusionPolicy, Checkpoint]:
-    """Rebuild the policy from a checkpoint alone (EMA weights by default) in eval mode."""
+    """Rebuild the policy from a checkpoint alone (EMA weights by default) in eval mode, with
+    the checkpoint it came from."""
     if not isinstance(ckpt, Checkpoint):
         ckpt = load_checkpoint(ckpt)
-    meta = ckpt.meta
+    meta, where = ckpt.meta, f"{ckpt.path}/meta.json"
     for key in ("shape_meta", "window", "policy"):
         if key not in meta:
-            raise ValueError(f"{ckpt.path}/meta.json lacks {key!r}; cannot rebuild the policy")
+            raise CheckpointError(f"{where} lacks {key!r}; cannot rebuild the policy")
     if expected_shape_meta is not None:
         check_shape_meta(meta["shape_meta"], expected_shape_meta, f"checkpoint {ckpt.path}")
-    policy = DiffusionPolicy(meta["policy"], meta["shape_meta"], Window(**meta["window"]))
+    try:
+        cfg = policy_config(meta["policy"], where=f"{where}: policy")
+        window = Window(**meta["window"])
+        policy = DiffusionPolicy(cfg, meta["shape_meta"], window)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} describes a policy that cannot be built: {e}") from e
     state = ckpt.ema_state if (use_ema and ckpt.ema_state is not None) else ckpt.model_state
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"{ckpt.path}/model.safetensors does not fit the policy it describes: "
+        raise CheckpointError(
+            f"{ckpt.path}/model.safetensors does not fit the policy its meta.json describes: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    return policy.to(device).eval(), ckpt
+    return policy.to(resolve_device(device)).eval(), ckpt
+
+
+def load_policy(
+    path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
+) -> DiffusionPolicy:
+    """The policy stored in a checkpoint directory (or a training run's output directory), in
+    eval mode with its EMA weights; ``policy.checkpoint_meta`` holds what the checkpoint says
+    about itself (shape_meta, env, training step ...)."""
+    policy, ckpt = policy_from_checkpoint(path, use_ema=use_ema, device=device)
+    policy.checkpoint_meta = ckpt.meta
+    return policy

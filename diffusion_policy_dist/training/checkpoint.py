@@ -13,6 +13,9 @@
 A checkpoint is written to a hidden temporary directory and renamed into place; an existing one
 is moved aside first and deleted only after the new one is in place, so a crash at any moment
 leaves a complete checkpoint on disk (``resolve_checkpoint`` finds the moved-aside copy).
+
+Loading reads JSON, YAML (safe loader) and safetensors only; names in the files select
+registered implementations. Checkpoints of format version 1 (package 0.1) are migrated on read.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import json
 import os
 import random
 import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,25 +35,14 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..files import building_dir, leftovers, strict_json
+
 FORMAT = "diffusion_policy_dist.checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or incompatible."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -70,22 +61,6 @@ def _save_tensors(
         os.fsync(f.fileno())
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    return x
-
-
 # ---------------------------------------------------------------------- optimizer / RNG state
 def flatten_optimizer_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and a JSON structure."""
@@ -99,9 +74,9 @@ def flatten_optimizer_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.T
                 tensors[key] = v
                 entry[name] = {"__tensor__": key}
             else:
-                entry[name] = _jsonable(v)
+                entry[name] = strict_json(v)
         per_param[str(pid)] = entry
-    return tensors, {"state": per_param, "param_groups": _jsonable(state["param_groups"])}
+    return tensors, {"state": per_param, "param_groups": strict_json(state["param_groups"])}
 
 
 def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], structure: Mapping) -> dict:
@@ -129,7 +104,7 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
     np_state = np.random.get_state()  # noqa: NPY002 (the legacy global stream is what users seed)
     py_state = random.getstate()
     structure = {
-        "numpy": [np_state[0], np_state[1].tolist(), *[_jsonable(v) for v in np_state[2:]]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[strict_json(v) for v in np_state[2:]]],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
     return tensors, structure
@@ -163,56 +138,41 @@ def save_checkpoint(
     and any JSON-able counters.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with building_dir(final) as tmp:
         tensors = {f"model.{k}": v for k, v in model_state.items()}
         if ema_state is not None:
             tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
         _save_tensors(tmp / "model.safetensors", tensors, {"format": FORMAT, "version": VERSION})
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            **_jsonable(dict(meta)),
-            "has_ema": ema_state is not None,
-        }
-        _write_text(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=False))
+        head = {"format": FORMAT, "version": VERSION}
+        body = {k: v for k, v in strict_json(dict(meta)).items() if k not in head}
+        body["has_ema"] = ema_state is not None
+        _write_text(tmp / "meta.json", json.dumps({**head, **body}, indent=2))
         _write_text(
-            tmp / "config.yaml", yaml.safe_dump(_jsonable(dict(config or {})), sort_keys=False)
+            tmp / "config.yaml", yaml.safe_dump(strict_json(dict(config or {})), sort_keys=False)
         )
         if normalizer_stats is not None:
             _write_text(
-                tmp / "normalizer.json", json.dumps(_jsonable(dict(normalizer_stats)), indent=1)
+                tmp / "normalizer.json", json.dumps(strict_json(dict(normalizer_stats)), indent=1)
             )
         if training_state is not None:
-            ts_dir = tmp / "training_state"
-            ts_dir.mkdir()
-            state = dict(training_state)
-            structure: dict[str, Any] = {}
-            if "optimizer" in state:
-                opt_tensors, structure["optimizer"] = flatten_optimizer_state(
-                    state.pop("optimizer")
-                )
-                _save_tensors(ts_dir / "optimizer.safetensors", opt_tensors)
-            if "rng" in state:
-                rng_tensors, structure["rng"] = state.pop("rng")
-                _save_tensors(ts_dir / "rng.safetensors", rng_tensors)
-            structure.update(_jsonable(state))
-            _write_text(ts_dir / "state.json", json.dumps(structure))
-        _fsync_dir(tmp)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _save_training_state(tmp / "training_state", training_state)
+    for stale in leftovers(final):  # copies left by saves that were killed
+        shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _save_training_state(ts_dir: Path, training_state: Mapping[str, Any]) -> None:
+    ts_dir.mkdir()
+    state = dict(training_state)
+    structure: dict[str, Any] = {}
+    if "optimizer" in state:
+        opt_tensors, structure["optimizer"] = flatten_optimizer_state(state.pop("optimizer"))
+        _save_tensors(ts_dir / "optimizer.safetensors", opt_tensors)
+    if "rng" in state:
+        rng_tensors, structure["rng"] = state.pop("rng")
+        _save_tensors(ts_dir / "rng.safetensors", rng_tensors)
+    structure.update(strict_json(state))
+    _write_text(ts_dir / "state.json", json.dumps(structure))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -223,8 +183,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         p = p / "checkpoints" / "latest"
     if (p / "meta.json").exists():
         return p
-    leftovers = sorted(p.parent.glob(f".{p.name}.old-*"), key=lambda q: q.stat().st_mtime)
-    for cand in reversed(leftovers):
+    moved = sorted(p.parent.glob(f".{p.name}.old-*"), key=lambda q: q.stat().st_mtime)
+    for cand in reversed(moved):
         if (cand / "meta.json").exists() and (cand / "model.safetensors").exists():
             warnings.warn(
                 f"{p} is missing; using the copy left by an interrupted save: {cand}", stacklevel=2
@@ -233,6 +193,74 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     raise CheckpointError(f"{p} is not a checkpoint directory (no meta.json)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for bad headers
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); the checkpoint "
+            "is damaged or truncated"
+        ) from e
+
+
+def _migrate_choice(d: Mapping[str, Any], old_key: str, registry: Mapping[str, type]) -> dict:
+    """A version-1 group dict (``name``/``method`` picks the class; every option of every class
+    stored) as today's: ``kind`` plus the options its class takes, unset (None) ones dropped."""
+    d = dict(d)
+    kind = d.pop(old_key, None) or d.pop("kind", None)
+    if kind not in registry:
+        raise CheckpointError(f"unknown {old_key} {kind!r} (known: {list(registry)})")
+    own = {f for f in registry[kind].__dataclass_fields__ if f != "kind"}
+    return {"kind": kind, **{k: v for k, v in d.items() if k in own and v is not None}}
+
+
+def migrate_meta(meta: Mapping[str, Any], where: str = "meta.json") -> dict:
+    """A checkpoint's meta in today's format (version 1 -> 2: groups name their implementation
+    with ``kind``, and env specs with ``kind``/``obs``). Raises a clear error for anything else."""
+    meta = dict(meta)
+    version = int(meta.get("version", 0))
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+    if version > VERSION:
+        raise CheckpointError(
+            f"{where}: checkpoint version {version} is newer than this package supports "
+            f"({VERSION}); upgrade diffusion_policy_dist"
+        )
+    if version == 1 and isinstance(meta.get("policy"), Mapping):
+        from ..diffusion.losses import LOSSES
+        from ..diffusion.sampling import SAMPLERS
+
+        policy = dict(meta["policy"])
+        try:
+            policy["loss"] = _migrate_choice(policy["loss"], "name", LOSSES)
+            policy["sampler"] = _migrate_choice(policy["sampler"], "method", SAMPLERS)
+            schedule = dict(policy["schedule"])
+            policy["schedule"] = {"kind": schedule.pop("name", None), **schedule}
+            policy["normalizer"] = policy.pop("normalizer_mode", "limits")
+        except (KeyError, CheckpointError) as e:
+            raise CheckpointError(f"{where}: cannot read version-1 field policy.{e}") from e
+        meta["policy"] = policy
+    if version == 1 and meta.get("env"):
+        from ..envs.spec import migrate_spec
+
+        meta["env"] = migrate_spec(meta["env"])
+    meta["version"] = VERSION
+    return meta
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The (migrated) ``meta.json`` of the checkpoint at ``path``."""
+    p = resolve_checkpoint(path)
+    return migrate_meta(_read_json(p / "meta.json"), str(p / "meta.json"))
 
 
 @dataclass
@@ -248,34 +276,30 @@ class Checkpoint:
         ts = self.path / "training_state"
         if not (ts / "state.json").exists():
             return None
-        structure = json.loads((ts / "state.json").read_text())
+        structure = _read_json(ts / "state.json")
         out = {k: v for k, v in structure.items() if k not in ("optimizer", "rng")}
         if "optimizer" in structure:
             out["optimizer"] = unflatten_optimizer_state(
-                load_file(str(ts / "optimizer.safetensors")), structure["optimizer"]
+                _load_tensors(ts / "optimizer.safetensors"), structure["optimizer"]
             )
         if "rng" in structure:
-            out["rng"] = (load_file(str(ts / "rng.safetensors")), structure["rng"])
+            out["rng"] = (_load_tensors(ts / "rng.safetensors"), structure["rng"])
         return out
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint directory (no pickle anywhere)."""
     p = resolve_checkpoint(path)
-    meta = json.loads((p / "meta.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{p}/meta.json: not a {FORMAT} checkpoint (format={meta.get('format')!r})"
-        )
-    if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(
-            f"{p}: checkpoint version {meta['version']} is newer than this package "
-            f"supports ({VERSION})"
-        )
+    meta = migrate_meta(_read_json(p / "meta.json"), str(p / "meta.json"))
     if not (p / "model.safetensors").exists():
         raise CheckpointError(f"{p}: model.safetensors is missing")
-    tensors = load_file(str(p / "model.safetensors"))
+    tensors = _load_tensors(p / "model.safetensors")
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
-    config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
-    return Checkpoint(p, meta, config or {}, model, ema)
+    config = {}
+    if (p / "config.yaml").exists():
+        try:
+            config = yaml.safe_load((p / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"{p / 'config.yaml'} is not valid YAML: {e}") from e
+    return Checkpoint(p, meta, config, model, ema)

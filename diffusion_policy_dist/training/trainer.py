@@ -9,13 +9,13 @@ bit-identical parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.ema import EMA
-from ..policy.config import from_dict
+from ..policy.config import build_config
 from .checkpoint import (
     CheckpointError,
     capture_rng,
@@ -34,43 +34,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    betas: tuple[float, float] = (0.95, 0.999)
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"
-    grad_clip: float | None = 1.0
-    ema: bool = True
-    ema_power: float = 0.75
-    ema_max_decay: float = 0.9999
-    val_every: int = 250
-    val_batches: int = 4
-    log_every: int = 25
-    checkpoint_every: int = 500
-    keep_every: int | None = None
-    num_workers: int = 0
-    time_budget_s: float | None = None
-    resume: str = "auto"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        if self.steps < 1 and self.time_budget_s is None:
-            raise ValueError(f"training.steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"training.batch_size must be >= 1, got {self.batch_size}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(
-                f"training.lr_schedule must be cosine or constant, got {self.lr_schedule!r}"
-            )
-        if self.resume not in ("auto", "always", "never"):
-            raise ValueError(f"training.resume must be auto, always or never, got {self.resume!r}")
+from .config import TrainConfig
 
 
 class EpochBatches:
@@ -157,14 +121,16 @@ class Trainer:
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.cfg = from_dict(TrainConfig, cfg, "training")
+        self.cfg = build_config(TrainConfig, cfg, "training")
         self.policy = policy.to(device)
+        self.rows_per_example = int(getattr(policy, "samples_per_example", 1))
+        self.batch_size = self.cfg.examples_per_step(self.rows_per_example)
         self.device = torch.device(device)
         self.train_set, self.val_set = train_set, val_set
         self.output_dir = Path(output_dir)
         self.meta, self.config = dict(meta or {}), dict(config or {})
         self.seed = seed
-        self.order = EpochBatches(len(train_set), self.cfg.batch_size, seed)
+        self.order = EpochBatches(len(train_set), self.batch_size, seed)
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay
@@ -172,7 +138,7 @@ class Trainer:
         self.total_steps = self.cfg.steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: _lr_factor(s, self.cfg.warmup_steps, self.total_steps, self.cfg.lr_schedule),
+            lambda s: _lr_factor(s, self._warmup(), self.total_steps, self.cfg.lr_schedule),
         )
         self.ema = (
             EMA(policy, power=self.cfg.ema_power, max_decay=self.cfg.ema_max_decay)
@@ -181,10 +147,21 @@ class Trainer:
         )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.elapsed_s = 0.0
-        self._stop_requested = False
+        self.stop_signal: int | None = None
         self._tb = None
         self._budget_marks: set[int] = set()
         self._budget_ref = (0, 0.0)  # (step, elapsed_s) at the last budget estimate
+
+    def _warmup(self) -> int:
+        """Warmup steps: ``warmup_steps``, else ``warmup_fraction`` of the run's total."""
+        if self.cfg.warmup_steps is not None:
+            return self.cfg.warmup_steps
+        return round(self.cfg.warmup_fraction * self.total_steps)
+
+    @property
+    def rows_per_step(self) -> int:
+        """Network rows per optimizer step: examples x generator samples per example."""
+        return self.order.batch_size * self.rows_per_example
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -195,6 +172,8 @@ class Trainer:
         model = self.policy
         meta = dict(self.meta)
         meta.update(
+            batch_size=self.order.batch_size,
+            rows_per_step=self.rows_per_step,
             step=self.step,
             epoch=self.epoch,
             total_steps=self.total_steps,
@@ -212,6 +191,7 @@ class Trainer:
             "elapsed_s": self.elapsed_s,
             "ema_step": self.ema.step if self.ema else None,
             "seed": self.seed,
+            "train_config": self._settings(),
         }
         norm = getattr(model, "normalizer", None)
         return save_checkpoint(
@@ -235,20 +215,11 @@ class Trainer:
                 raise
             return False
         ckpt = load_checkpoint(path)
-        for key in ("shape_meta", "window", "policy"):
-            if (
-                key in self.meta
-                and key in ckpt.meta
-                and _canon(self.meta[key]) != _canon(ckpt.meta[key])
-            ):
-                raise CheckpointError(
-                    f"cannot resume from {path}: its {key} differs from this run's.\n"
-                    f"  checkpoint: {ckpt.meta[key]}\n  this run:   {self.meta[key]}\n"
-                    "Use a new output_dir, or training.resume=never to start over."
-                )
+        self._check_same_run(path, ckpt.meta)
         ts = ckpt.training_state()
         if ts is None:
             raise CheckpointError(f"cannot resume from {path}: it has no training_state/")
+        self._check_same_settings(path, ts.get("train_config"))
         self.policy.load_state_dict(ckpt.model_state)
         if self.ema is not None and ckpt.ema_state is not None:
             self.ema.load_state_dict(ckpt.ema_state, ts.get("ema_step") or 0)
@@ -259,9 +230,56 @@ class Trainer:
         self.batch_in_epoch = int(ts["batch_in_epoch"])
         self.elapsed_s = float(ts.get("elapsed_s", 0.0))
         restore_rng(*ts["rng"])
-        self._truncate_metrics(self.step)
+        self._apply_new_total(path)
         print(f"resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
         return True
+
+    def _check_same_run(self, path: Path, meta: Mapping[str, Any]) -> None:
+        for key in ("shape_meta", "window", "policy"):
+            if key in self.meta and key in meta and _canon(self.meta[key]) != _canon(meta[key]):
+                raise CheckpointError(
+                    f"cannot resume from {path}: its {key} differs from this run's.\n"
+                    f"  checkpoint: {meta[key]}\n  this run:   {self.meta[key]}\n"
+                    "Use a new output_dir, or training.resume=never to start over."
+                )
+
+    def _check_same_settings(self, path: Path, saved: Mapping[str, Any] | None) -> None:
+        """Settings a resumed run cannot honour (they shaped the optimizer state and the data
+        order) must not have changed; ``steps`` may grow (see :meth:`_apply_new_total`)."""
+        if saved is None:  # written before settings were recorded
+            return
+        now = self._settings()
+        changed = {
+            k: (saved.get(k), v) for k, v in now.items() if _canon(saved.get(k)) != _canon(v)
+        }
+        if changed:
+            lines = "\n".join(
+                f"  training.{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in changed.items()
+            )
+            raise CheckpointError(
+                f"cannot resume from {path} with changed settings:\n{lines}\n"
+                "Put them back, use a new output_dir, or training.resume=never to start over."
+            )
+
+    def _settings(self) -> dict[str, Any]:
+        c = self.cfg
+        keys = ("lr", "weight_decay", "betas", "lr_schedule", "grad_clip", "ema", "ema_power")
+        out = {k: getattr(c, k) for k in keys}
+        out.update(batch_size=self.order.batch_size, warmup_steps=self._warmup(), seed=self.seed)
+        return out
+
+    def _apply_new_total(self, path: Path) -> None:
+        """A re-run with a larger ``training.steps`` continues to the new total (the cosine LR
+        schedule is stretched from here on); a smaller one ends at once."""
+        if self.cfg.time_budget_s is not None or self.cfg.steps == self.total_steps:
+            return
+        new = max(self.cfg.steps, self.step)
+        print(
+            f"{path} was trained to {self.total_steps} steps; training.steps={self.cfg.steps}: "
+            f"{'continuing to' if new > self.step else 'stopping at'} step {new}",
+            file=sys.stderr,
+        )
+        self.total_steps = new
 
     # ------------------------------------------------------------------ logging
     @property
@@ -304,7 +322,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.policy
         was_training = model.training
         model.eval()
-        order = EpochBatches(len(self.val_set), self.cfg.batch_size, self.seed + 1)
+        order = EpochBatches(len(self.val_set), self.batch_size, self.seed + 1)
         sums: dict[str, float] = {}
         n = min(self.cfg.val_batches, order.per_epoch)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -320,123 +338,136 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         """SIGTERM or a first Ctrl-C: finish the current step, checkpoint, return. A second
         Ctrl-C interrupts at once (the last periodic checkpoint is still intact)."""
-        if self._stop_requested and signum == signal.SIGINT:
+        if self.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self._stop_requested = True
+        self.stop_signal = signum
         print(
             f"\nstopping after step {self.step + 1}: saving a checkpoint "
             "(Ctrl-C again to abort without it)",
             file=sys.stderr,
         )
 
-    def fit(self, callback: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
-        """Train until ``total_steps`` (or the wall-clock budget). Returns a summary dict."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.try_resume()
-        self._open_tensorboard()
-        cfg = self.cfg
-        it = iter(
-            batch_loader(
-                self.train_set,
-                self.order,
-                cfg.num_workers,
-                self.seed,
-                pin_memory=self.device.type == "cuda",
-                start=(self.epoch, self.batch_in_epoch),
-            )
-        )
-        old_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    @contextlib.contextmanager
+    def _signals_stop(self):
+        """SIGTERM and SIGINT end the run cleanly (unless the process was started with them
+        ignored, e.g. in the background, which is respected)."""
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    old[sig] = signal.signal(sig, self._request_stop)
+            except ValueError:  # not the main thread: no signal handling
+                pass
         try:
-            for sig in old_handlers:
-                signal.signal(sig, self._request_stop)
-        except ValueError:  # not the main thread
-            old_handlers = {}
-        self.policy.train()
-        bar = tqdm(
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _progress_bar(self):
+        return tqdm(
             total=self.total_steps,
             initial=self.step,
             desc="train",
             dynamic_ncols=True,
-            disable=not cfg.progress,
+            disable=not self.cfg.progress,
             mininterval=0.5 if sys.stderr.isatty() else 10.0,
         )
-        last = {"loss": float("nan")}
-        t_log = time.perf_counter()
-        steps_since_log = 0
+
+    def _train_step(self, batch) -> dict[str, float]:
+        t0 = time.perf_counter()
+        loss, info = self.policy(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; info={info}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float("nan")
+        if self.cfg.grad_clip is not None:
+            grad_norm = float(
+                nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.policy)
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.order.per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.elapsed_s += time.perf_counter() - t0
+        return {**info, "grad_norm": grad_norm}
+
+    def _after_step(self, info: dict[str, float], bar) -> dict[str, float]:
+        """Budget, logging, validation and periodic checkpoints; returns the latest values."""
+        cfg, last = self.cfg, dict(info)
+        if cfg.time_budget_s is not None and (
+            self.step == min(10, self.total_steps)
+            or self.step in self._budget_marks
+            or self.elapsed_s >= cfg.time_budget_s
+        ):
+            self._fit_budget()
+            bar.total = self.total_steps
+        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            self._log_train(info)
+        if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == self.total_steps):
+            val = self.validate()
+            if val:
+                self._log({"step": self.step, **val})
+                last.update(val)
+        if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
+            self.save()
+            if cfg.keep_every and self.step % cfg.keep_every == 0:
+                self.save(self.output_dir / "checkpoints" / f"step_{self.step:07d}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
+        return last
+
+    def _log_train(self, info: dict[str, float]) -> None:
+        now = time.perf_counter()
+        steps = self.step - self._log_ref[0]
+        rec = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "steps_per_s": steps / max(now - self._log_ref[1], 1e-9),
+            "rows": self.step * self.rows_per_step,
+            "train_wallclock_s": round(self.elapsed_s, 3),
+            **info,
+        }
+        self._log(rec)
+        self._log_ref = (self.step, now)
+
+    def fit(self, callback: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+        """Train until ``total_steps`` (or the wall-clock budget, or SIGINT/SIGTERM: then
+        ``stop_signal`` is set). Saves a final checkpoint and returns a summary dict."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not self.try_resume():
+            self._truncate_metrics(0)  # lines of an earlier run killed before its checkpoint
+        self._open_tensorboard()
+        start = (self.epoch, self.batch_in_epoch)
+        pin = self.device.type == "cuda"
+        it = iter(
+            batch_loader(self.train_set, self.order, self.cfg.num_workers, self.seed, pin, start)
+        )
+        self.policy.train()
+        self._log_ref = (self.step, time.perf_counter())
+        last: dict[str, float] = {"loss": float("nan")}
         try:
-            while self.step < self.total_steps and not self._stop_requested:
-                t0 = time.perf_counter()
-                batch = next(it)
-                loss, info = self.policy(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at step {self.step}; info={info}"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = float("nan")
-                if cfg.grad_clip is not None:
-                    grad_norm = float(
-                        nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-                    )
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update(self.policy)
-                self.step += 1
-                self.batch_in_epoch += 1
-                if self.batch_in_epoch == self.order.per_epoch:
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.elapsed_s += time.perf_counter() - t0
-                steps_since_log += 1
-                last = info
-                if cfg.time_budget_s is not None and (
-                    self.step == min(10, self.total_steps)
-                    or self.step in self._budget_marks
-                    or self.elapsed_s >= cfg.time_budget_s
-                ):
-                    self._fit_budget()
-                    bar.total = self.total_steps
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    rec = {
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "steps_per_s": steps_since_log / max(now - t_log, 1e-9),
-                        "train_wallclock_s": round(self.elapsed_s, 3),
-                        **info,
-                    }
-                    self._log(rec)
-                    t_log, steps_since_log = now, 0
-                if cfg.val_every and (
-                    self.step % cfg.val_every == 0 or self.step == self.total_steps
-                ):
-                    val = self.validate()
-                    if val:
-                        self._log({"step": self.step, **val})
-                        last = {**last, **val}
-                if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
-                    self.save()
-                    if cfg.keep_every and self.step % cfg.keep_every == 0:
-                        self.save(self.output_dir / "checkpoints" / f"step_{self.step:07d}")
-                bar.update(1)
-                bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
-                if callback is not None:
-                    callback(self)
-            path = self.save()
+            with self._signals_stop(), self._progress_bar() as bar:
+                while self.step < self.total_steps and self.stop_signal is None:
+                    last = self._after_step(self._train_step(next(it)), bar)
+                    if callback is not None:
+                        callback(self)
+                path = self.save()
         finally:
-            bar.close()
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
             if self._tb is not None:
                 self._tb.close()
         return {
             "step": self.step,
             "checkpoint": str(path),
             "train_wallclock_s": self.elapsed_s,
-            "stopped_early": self._stop_requested,
+            "stopped_early": self.stop_signal is not None,
+            "stop_signal": self.stop_signal,
             **last,
         }
 

@@ -1,0 +1,224 @@
+"""Experiment plumbing shared by ``dpd bench`` and ``dpd demo``: train through the one
+``dpd train`` path (in a subprocess, so each run's peak memory is its own), evaluate many
+samplers with one set of env workers, and report tables and plots.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from diffusion_policy_dist.provenance import header
+from diffusion_policy_dist.stats import format_modes
+from diffusion_policy_dist.training.checkpoint import read_meta
+
+
+def budget_train_overrides(
+    data: str | Path,
+    network: str,
+    budget_s: float,
+    device: Any,
+    progress: bool,
+    threads: int | None = None,
+) -> list[str]:
+    """``dpd train`` overrides shared by every model of a comparison: the dataset, the network
+    size and a wall-clock budget (the step count follows from it), one final checkpoint."""
+    out = [
+        f"dataset.path={data}",
+        f"network={network}",
+        "training.steps=100000000",
+        f"training.time_budget_s={budget_s}",
+        "training.checkpoint_every=100000000",
+        f"device={device}",
+        f"training.progress={str(progress).lower()}",
+    ]
+    if threads:
+        out.append(f"threads={threads}")
+    return out
+
+
+def train_run(
+    overrides: Sequence[str], output_dir: str | Path, quiet: bool = False
+) -> dict[str, Any]:
+    """``dpd train <overrides> output_dir=<dir>`` in a subprocess; returns the checkpoint's meta.
+
+    A finished run in ``output_dir`` is reused (the trainer resumes and stops at once), so an
+    interrupted benchmark continues where it stopped.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffusion_policy_dist.cli.main",
+        "train",
+        *overrides,
+        f"output_dir={output_dir}",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL if quiet else None,
+        stderr=subprocess.PIPE if quiet else None,
+        text=True,
+    )
+    if res.returncode != 0:
+        tail = (res.stderr or "")[-2000:] if quiet else ""
+        raise RuntimeError(f"training failed ({' '.join(cmd)}):\n{tail}")
+    return read_meta(output_dir)
+
+
+def method_name(sampler: Mapping[str, Any]) -> str:
+    """A results row's method: the sampler's kind (with the churn for distributional)."""
+    m = sampler["kind"]
+    if m == "distributional":
+        return f"distributional (churn {sampler.get('churn', 0.0):g})"
+    return m
+
+
+def results_header(command: str | None, device: Any, **settings: Any) -> dict[str, Any]:
+    """The provenance header of a benchmark results file (see :mod:`..provenance`)."""
+    return {**header(command, device), **settings}
+
+
+def result_row(task: str, model: str, res: Mapping[str, Any]) -> dict[str, Any]:
+    """One benchmark row (the keys of the results contract, plus context)."""
+    s = res["sampler"]
+    return {
+        "task": task,
+        "method": method_name(s),
+        "model": model,
+        "nfe": res["nfe"],
+        "churn": s.get("churn"),
+        "lam": s.get("lam"),
+        "success_rate": res["success_rate"],
+        "success_ci95": res["success_ci95"],
+        "mode_freq": res["mode_freq"],
+        "latency_ms_p50": res["latency_ms_p50"],
+        "latency_ms_p95": res["latency_ms_p95"],
+        "latency_over_forward": res["latency_over_forward"],
+        "forward_ms_p50": res["forward_ms_p50"],
+        "control_rate_hz": res["control_rate_hz"],
+        "episodes": res["episodes"],
+        "crashed": res["crashed"],
+    }
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], demo_modes: Mapping[str, float] | None
+) -> str:
+    head = (
+        "| method | NFE | success (95% CI) | modes of successes | latency p50 / p95 (ms) "
+        "| x forward | control rate (actions/s) |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        opts = ""
+        if r.get("lam") is not None:
+            opts = f" (lam {r['lam']:g})"
+        modes = format_modes(r.get("mode_freq"))
+        lines.append(
+            f"| {r['method']}{opts} | {r['nfe']} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
+            f"{modes} | {r['latency_ms_p50']:.1f} / {r['latency_ms_p95']:.1f} | "
+            f"{r['latency_over_forward']:.2f} | {r['control_rate_hz']:.0f} |"
+        )
+    if demo_modes:
+        lines.append("")
+        lines.append("Demonstrations' modes: " + format_modes(demo_modes))
+    return "\n".join(lines)
+
+
+STYLE = {
+    "distributional (churn 0)": ("tab:blue", "o", "-"),
+    "distributional (churn 1)": ("tab:cyan", "s", "--"),
+    "ddim": ("tab:orange", "^", "-"),
+    "conjugate": ("tab:red", "v", "-."),
+    "ddpm": ("black", "*", ""),
+}
+
+
+def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
+    """Success vs NFE (with 95% CIs) and latency vs NFE, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["nfe"])
+        color, marker, ls = STYLE.get(m, ("gray", "o", "-"))
+        x = [r["nfe"] for r in rs]
+        y = [r["success_rate"] for r in rs]
+        # clamped: at 0% or 100% the interval's end can differ from the rate by rounding
+        err = [
+            [max(0.0, r["success_rate"] - r["success_ci95"][0]) for r in rs],
+            [max(0.0, r["success_ci95"][1] - r["success_rate"]) for r in rs],
+        ]
+        ax1.errorbar(
+            x,
+            y,
+            yerr=err,
+            label=m,
+            color=color,
+            marker=marker,
+            linestyle=ls or "none",
+            capsize=3,
+            markersize=7 if m == "ddpm" else 5,
+        )
+        ax2.plot(
+            x,
+            [r["latency_ms_p50"] for r in rs],
+            label=m,
+            color=color,
+            marker=marker,
+            linestyle=ls or "none",
+            markersize=9 if m == "ddpm" else 5,
+        )
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE (network calls per action chunk)")
+        ax.grid(alpha=0.3, which="both")
+    for r in rows:  # the many-step reference as a line across all NFEs
+        if r["method"] == "ddpm":
+            ax1.axhline(r["success_rate"], color="black", lw=0.8, ls=":", zorder=0)
+    ax1.set_ylabel("success rate")
+    ax1.set_ylim(-0.03, 1.03)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("latency per chunk, p50 (ms, batch 1)")
+    ax1.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class StageClock:
+    """Prints stage headers with elapsed time and a running estimate of the time left."""
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        self.weights = dict(weights)
+        self.done: dict[str, float] = {}
+        self.t0 = time.time()
+        self.current: str | None = None
+        self.t_stage = self.t0
+
+    def start(self, name: str, detail: str = "") -> None:
+        now = time.time()
+        if self.current is not None:
+            self.done[self.current] = self.weights.get(self.current, 1.0)
+        self.current, self.t_stage = name, now
+        elapsed = now - self.t0
+        frac = sum(self.done.values()) / max(sum(self.weights.values()), 1e-9)
+        eta = f", about {elapsed / frac * (1 - frac) / 60:.1f} min left" if frac > 0.02 else ""
+        text = f"{name} {detail}".strip()
+        print(f"\n=== {text}  [{elapsed / 60:.1f} min elapsed{eta}]", file=sys.stderr, flush=True)

@@ -1,0 +1,147 @@
+"""Denoisers: what the network sees, what its output means, and how it is trained.
+
+Two implementations of one small interface, k-diffusion style, so the policy, the samplers and
+the evaluation never branch on the model kind:
+
+- ``x0(x_t, t, cond, generator)``: the sampler-facing model, an x0 estimate ``[B, H, Da]``;
+- ``loss(x0, cond, action_is_pad)``: per-example training loss ``[B]`` (time weighting applied)
+  and a dict of logged values;
+- ``samples_per_example``: network rows per training example.
+
+:class:`MeanDenoiser` is Diffusion Policy's model: it predicts eps, x0 or v from ``x_t`` and is
+trained with MSE; its x0 estimate is the posterior mean. :class:`DistributionalDenoiser` also
+sees fresh noise ``xi`` (extra input channels, or a FiLM vector) and outputs a *sample* of
+p(x0 | x_t, o); it is trained with a scoring rule over ``m`` samples per example, the condition
+computed once and repeated.
+
+A denoiser owns its network (``net``) but is not an ``nn.Module``: the policy registers the
+network, so parameter names stay ``net.*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion.losses import mse_loss, time_weight
+from ..diffusion.parameterization import expand_like, prediction_target, to_x0
+from ..diffusion.schedules import Schedule
+
+# (in_channels, extra condition dims) -> network with forward(x [B, H, C], t [B], cond [B, D])
+NetFactory = Callable[[int, int], nn.Module]
+
+
+def _noisy(schedule: Schedule, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(t, eps, a, s, x_t)`` for one random time per example (t drawn before eps)."""
+    t = torch.rand(x0.shape[0], device=x0.device)
+    eps = torch.randn_like(x0)
+    a = expand_like(schedule.alpha(t), x0)
+    s = expand_like(schedule.sigma(t), x0)
+    return t, eps, a, s, a * x0 + s * eps
+
+
+class Denoiser:
+    """The interface (see the module docstring); subclasses set ``net``."""
+
+    net: nn.Module
+
+    def __init__(self, cfg: Any, schedule: Schedule, action_dim: int, horizon: int) -> None:
+        self.cfg, self.schedule = cfg, schedule
+        self.loss_cfg = cfg.loss
+        self.action_dim, self.horizon = action_dim, horizon
+
+    @property
+    def samples_per_example(self) -> int:
+        return self.loss_cfg.samples_per_example
+
+    def x0(
+        self, x_t: Tensor, t: Tensor, cond: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def loss(
+        self, x0: Tensor, cond: Tensor, action_is_pad: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def _mask(self, action_is_pad: Tensor | None) -> Tensor | None:
+        if self.loss_cfg.mask_padding and action_is_pad is not None:
+            return ~action_is_pad
+        return None
+
+    def _weight(self, t: Tensor) -> Tensor:
+        lc = self.loss_cfg
+        return time_weight(lc.weighting, self.schedule, t, lc.weight_bias)
+
+
+class MeanDenoiser(Denoiser):
+    """Predicts eps, x0 or v (``cfg.prediction``) from ``x_t``; x0 estimate = posterior mean."""
+
+    def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
+        super().__init__(cfg, schedule, action_dim, horizon)
+        self.net = make_net(action_dim, 0)
+
+    def x0(self, x_t, t, cond, generator=None):
+        a = expand_like(self.schedule.alpha(t), x_t)
+        s = expand_like(self.schedule.sigma(t), x_t)
+        return to_x0(self.cfg.prediction, self.net(x_t, t, cond), x_t, a, s)
+
+    def loss(self, x0, cond, action_is_pad=None):
+        t, eps, a, s, x_t = _noisy(self.schedule, x0)
+        pred = self.net(x_t, t, cond)
+        target = prediction_target(self.cfg.prediction, x0, eps, a, s)
+        per_example = mse_loss(pred, target, self._mask(action_is_pad))
+        return self._weight(t) * per_example, {}
+
+
+class DistributionalDenoiser(Denoiser):
+    """Outputs a posterior sample from ``x_t`` and fresh noise ``xi`` (``concat``: extra input
+    channels of shape ``[H, noise_dim]``; ``film``: a ``[noise_dim]`` vector joins the
+    condition)."""
+
+    def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
+        super().__init__(cfg, schedule, action_dim, horizon)
+        if cfg.noise_injection == "concat":
+            self.noise_shape: tuple[int, ...] = (horizon, cfg.noise_dim or action_dim)
+            self.net = make_net(action_dim + self.noise_shape[1], 0)
+        else:
+            self.noise_shape = (cfg.noise_dim or 32,)
+            self.net = make_net(action_dim, self.noise_shape[0])
+
+    def x0(self, x_t, t, cond, generator=None, xi: Tensor | None = None):
+        """A fresh posterior sample; ``xi [B, *noise_shape]`` is drawn from ``generator`` unless
+        given."""
+        if xi is None:
+            xi = torch.randn(
+                (x_t.shape[0], *self.noise_shape),
+                generator=generator,
+                device=x_t.device,
+                dtype=x_t.dtype,
+            )
+        if self.cfg.noise_injection == "concat":
+            return self.net(torch.cat([x_t, xi], dim=-1), t, cond)
+        return self.net(x_t, t, torch.cat([cond, xi], dim=-1))
+
+    def loss(self, x0, cond, action_is_pad=None):
+        t, _, _, _, x_t = _noisy(self.schedule, x0)
+        B, m = x0.shape[0], self.loss_cfg.m
+        rows = self.x0(
+            x_t.repeat_interleave(m, 0), t.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
+        )
+        samples = rows.view(B, m, *x0.shape[1:])
+        per_example = self.loss_cfg.score(samples, x0, self._mask(action_is_pad))
+        with torch.no_grad():
+            info = {
+                "x0_mse": float(((samples.mean(1) - x0) ** 2).mean()),
+                "sample_spread": float(samples.std(1).mean()) if m > 1 else 0.0,
+            }
+        return self._weight(t) * per_example, info
+
+
+DENOISERS: dict[str, type[Denoiser]] = {
+    "mean": MeanDenoiser,
+    "distributional": DistributionalDenoiser,
+}

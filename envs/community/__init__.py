@@ -1,0 +1,1 @@
+"""Community environments (optional extras) as registry tasks with multimodal scripted experts."""

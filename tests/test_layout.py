@@ -1,0 +1,100 @@
+"""The architecture's rules, checked on the source: layers import downwards only, functions stay
+short, and the package's public entry points exist."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "diffusion_policy_dist"
+# the folders installed inside the package (pyproject.toml's package-dir)
+SOURCES = [PKG, ROOT / "envs", ROOT / "benchmarks"]
+
+
+def modules(folder: Path):
+    return sorted(p for p in folder.rglob("*.py") if ".venv" not in p.parts)
+
+
+def imported_names(path: Path) -> set[str]:
+    """Absolute names of what a module imports (relative imports resolved in the package)."""
+    tree = ast.parse(path.read_text())
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    # envs/ and benchmarks/ install as diffusion_policy_dist.envs and .benchmarks
+    top = [] if rel[0] == "diffusion_policy_dist" else ["diffusion_policy_dist"]
+    pkg = [*top, *rel[:-1]]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = pkg[: len(pkg) - node.level + 1] if node.level else []
+            name = ".".join([*base, node.module] if node.module else base)
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)
+    return out
+
+
+@pytest.mark.parametrize("layer", ["data", "training", "models", "diffusion", "policy"])
+def test_lower_layers_never_import_evaluation_or_cli(layer):
+    for path in modules(PKG / layer):
+        bad = [
+            n
+            for n in imported_names(path)
+            if n.startswith(("diffusion_policy_dist.evaluation", "diffusion_policy_dist.cli"))
+        ]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_envs_import_nothing_above_them():
+    for path in modules(ROOT / "envs"):
+        bad = [
+            n
+            for n in imported_names(path)
+            if n.startswith("diffusion_policy_dist.")
+            and not n.startswith(("diffusion_policy_dist.envs", "diffusion_policy_dist.files"))
+        ]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_importing_training_loads_no_simulator():
+    code = (
+        "import sys, diffusion_policy_dist.training.build, diffusion_policy_dist.training.trainer;"
+        "print(sorted(m for m in ('gymnasium', 'mujoco') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def long_functions(path: Path, limit: int) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [
+        f"{path.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.end_lineno - n.lineno + 1 > limit
+    ]
+
+
+def test_functions_stay_short():
+    too_long = [f for src in SOURCES for p in modules(src) for f in long_functions(p, 80)]
+    assert not too_long, too_long
+    in_eval = [f for p in modules(PKG / "evaluation") for f in long_functions(p, 60)]
+    assert not in_eval, in_eval
+
+
+def test_no_test_functions_in_library_modules():
+    for src in SOURCES:
+        for path in modules(src):
+            tree = ast.parse(path.read_text())
+            names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+            assert not [n for n in names if n.startswith("test")], path
+
+
+def test_load_policy_is_public(tmp_path):
+    import diffusion_policy_dist
+
+    policy = diffusion_policy_dist.load_policy(ROOT / "tests" / "fixtures" / "v1" / "mean")
+    assert not policy.training and policy.checkpoint_meta["step"] == 30
