@@ -261,14 +261,16 @@ def rollout_expert(
 
     Returns ``{"obs": {key: [T, ...]}, "action": float32[T, Da], "success", "mode" (classified by
     the env), "expert_mode", "length": T}``; ``obs[t]`` is the observation ``action[t]`` was taken
-    on. ``max_steps`` (default: the expert's task's ``max_episode_steps``) cuts an env that has no
-    TimeLimit wrapper.
+    on. ``max_steps`` (default: the expert's task's ``max_episode_steps``, else no cut: the env's
+    TimeLimit ends the episode) cuts an env that has no TimeLimit wrapper.
     """
+    task = getattr(expert, "task", None)
+    limit = max_steps or (task.max_episode_steps if task is not None else 1_000_000)
     obs, info = env.reset(seed=seed)
-    expert.reset(env)
+    expert_mode = expert.reset(env)
     observations: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions: list[np.ndarray] = []
-    for _ in range(max_steps or expert.task.max_episode_steps):
+    for _ in range(limit):
         action = expert.act(env)
         for key, value in obs.items():
             observations[key].append(value)
@@ -281,6 +283,6 @@ def rollout_expert(
         "action": np.stack(actions).astype(np.float32),
         "success": bool(info.get("is_success", False)),
         "mode": int(info.get("mode", -1)),
-        "expert_mode": int(expert.mode),
+        "expert_mode": -1 if expert_mode is None else int(expert_mode),
         "length": len(actions),
     }

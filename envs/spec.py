@@ -115,11 +115,30 @@ def spec_label(spec: Mapping[str, Any]) -> str:
     return str(spec.get("task") or spec.get("env_id") or spec.get("factory") or spec.get("kind"))
 
 
+def check_trusted(spec: Mapping[str, Any], trust: Trust | None = None) -> None:
+    """Raise :class:`UntrustedEnvError` (saying how to allow it) when building the env would
+    import a module or call a factory that neither the package nor the user named."""
+    spec, trust = migrate_spec(spec), trust or Trust()
+    if spec.get("kind") == "python" and str(spec.get("factory")) not in trust.factories:
+        factory = spec.get("factory")
+        raise UntrustedEnvError(
+            f"the env spec asks to call {factory!r}; a dataset or checkpoint never makes the "
+            f"package run code. If you trust it, pass env.factory={factory} on the command line"
+        )
+    module = spec.get("module") if spec.get("kind") == "gym" else None
+    if module and module not in KNOWN_ENV_MODULES and module not in trust.modules:
+        raise UntrustedEnvError(
+            f"env {spec.get('env_id')!r} needs module {module!r}, which is not a known env "
+            f"package ({sorted(KNOWN_ENV_MODULES)}); a dataset or checkpoint never makes the "
+            f"package import code. If you trust it, pass env.module={module} on the command line"
+        )
+
+
 def make_env(spec: Mapping[str, Any], render: bool = False, trust: Trust | None = None) -> gym.Env:
     """Build the env a spec describes. Imports only registry tasks, known env packages and what
     ``trust`` allows; raises :class:`UntrustedEnvError` (saying how to allow it) otherwise."""
     spec = migrate_spec(spec)
-    trust = trust or Trust()
+    check_trusted(spec, trust)
     kind = spec.get("kind")
     render_mode = "rgb_array" if render else None
     if kind == "task":
@@ -128,29 +147,16 @@ def make_env(spec: Mapping[str, Any], render: bool = False, trust: Trust | None 
             spec.get("obs", "state"), render_mode=render_mode, image_size=spec.get("image_size", 96)
         )
     if kind == "gym":
-        return _make_gym(spec, render_mode, trust)
+        return _make_gym(spec, render_mode)
     if kind == "python":
-        factory = str(spec.get("factory"))
-        if factory not in trust.factories:
-            raise UntrustedEnvError(
-                f"the env spec asks to call {factory!r}; a dataset or checkpoint never makes the "
-                f"package run code. If you trust it, pass env.factory={factory} on the command line"
-            )
-        module, _, fn = factory.partition(":")
+        module, _, fn = str(spec["factory"]).partition(":")
         return getattr(importlib.import_module(module), fn)(**dict(spec.get("kwargs") or {}))
     raise ValueError(f"unknown env spec kind {kind!r} (kinds: {SPEC_KINDS}) in {dict(spec)}")
 
 
-def _make_gym(spec: Mapping[str, Any], render_mode: str | None, trust: Trust) -> gym.Env:
+def _make_gym(spec: Mapping[str, Any], render_mode: str | None) -> gym.Env:
     module = spec.get("module")
-    if module:
-        if module not in KNOWN_ENV_MODULES and module not in trust.modules:
-            raise UntrustedEnvError(
-                f"env {spec.get('env_id')!r} needs module {module!r}, which is not a known env "
-                f"package ({sorted(KNOWN_ENV_MODULES)}); a dataset or checkpoint never makes the "
-                f"package import code. If you trust it, pass env.module={module} on the command "
-                "line"
-            )
+    if module:  # allowed by check_trusted
         mod = importlib.import_module(module)
         try:
             gym.register_envs(mod)

@@ -22,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 
 from .safe import SafeEnv
-from .spec import Trust, make_env, migrate_spec, spec_label
+from .spec import Trust, check_trusted, make_env, migrate_spec, spec_label
 
 EnvFactory = Callable[[bool], gym.Env]  # render -> env; picklable for process workers
 
@@ -45,6 +45,7 @@ class EnvSource:
     def from_spec(cls, spec: Mapping[str, Any], trust: Trust | None = None) -> EnvSource:
         """The source of an env spec (see :mod:`.spec`); only what ``trust`` allows is run."""
         spec = migrate_spec(spec)
+        check_trusted(spec, trust)  # before any worker starts: refuse in this process
         names = spec.get("mode_names")
         return cls(
             functools.partial(make_env, spec, trust=trust),

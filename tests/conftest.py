@@ -10,6 +10,7 @@ import torch
 
 from diffusion_policy_dist.cli.compose import compose
 from diffusion_policy_dist.data import ReplayBuffer
+from diffusion_policy_dist.policy import DiffusionPolicy, Window
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -29,6 +30,7 @@ def write_bimodal(path, n_obs_values=6, episodes_per_value=8, T=20, c=0.8, seed=
                 {"state": obs, "action": np.full((T, 2), s * c, np.float32)},
                 info={"mode": int(s > 0)},
             )
+    buf.close()
     return buf
 
 
@@ -56,3 +58,24 @@ def fast_cfg(dataset, output_dir, *overrides, m=4):
     if hasattr(run.loss, "m") and not any(o.startswith("loss.m=") for o in overrides):
         run.loss.m = m
     return run
+
+
+TINY = {"down_dims": [16, 32], "kernel_size": 3, "n_groups": 8, "time_embed_dim": 16}
+
+
+def tiny_policy(state_dim=3, action_dim=2, seed=0):
+    """A tiny untrained distributional policy with a fitted normalizer (for runner tests)."""
+    torch.manual_seed(seed)
+    sm = {
+        "obs": {"state": {"shape": [state_dim], "type": "low_dim"}},
+        "action": {"shape": [action_dim]},
+    }
+    pol = DiffusionPolicy({"network": TINY, "loss": {"m": 2}}, sm, Window(8, 2, 4))
+    rng = np.random.default_rng(0)
+    pol.normalizer.fit(
+        {
+            "state": rng.normal(size=(20, state_dim)),
+            "action": rng.uniform(-0.3, 0.3, size=(20, action_dim)),
+        }
+    )
+    return pol

@@ -109,3 +109,52 @@ class ReachEnv(gym.Env):
 def reach(render=False, **kwargs):
     """An env factory for :class:`ReachEnv`."""
     return ReachEnv(render_mode="rgb_array" if render else None, **kwargs)
+
+
+class FaultEnv(CountdownEnv):
+    """A :class:`CountdownEnv` whose episode with seed ``s`` misbehaves as ``faults[s] = (where,
+    what)``: ``where`` is ``reset`` or ``step`` (at its second step); ``what`` is ``raise``,
+    ``exit`` (the process exits), ``segv`` (the process crashes), ``hang``, ``nan`` (NaN
+    observation) or ``nan_reward``."""
+
+    def __init__(self, faults=None, **kwargs):
+        super().__init__(**kwargs)
+        self.faults = {int(k): tuple(v) for k, v in (faults or {}).items()}
+
+    def _misbehave(self, what):
+        import signal
+        import time
+
+        if what == "raise":
+            raise RuntimeError(f"fault injected for seed {self.seed_}")
+        if what == "exit":
+            os._exit(3)
+        if what == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if what == "hang":
+            time.sleep(3600)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        where, what = self.faults.get(seed, (None, None))
+        if where == "reset":
+            self._misbehave(what)
+            if what == "nan":
+                obs = {"state": np.full(3, np.nan, np.float32)}
+        return obs, info
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        where, what = self.faults.get(self.seed_, (None, None))
+        if where == "step" and self.t == 2:
+            self._misbehave(what)
+            if what == "nan":
+                obs = {"state": np.array([np.nan, 0.0, np.inf], np.float32)}
+            if what == "nan_reward":
+                reward = float("nan")
+        return obs, reward, term, trunc, info
+
+
+def faulty(render=False, **kwargs):
+    """An env factory for :class:`FaultEnv`."""
+    return FaultEnv(render_mode="rgb_array" if render else None, **kwargs)

@@ -15,7 +15,9 @@ def run(name: str, cfg: Any, command_line: str) -> int:
     """Run command function ``name``; returns the exit status (1 with a clean message for a
     user error, unless ``DPD_TRACEBACK`` is set)."""
     from ..data import DatasetError
+    from ..data.lock import DatasetLockedError
     from ..envs.spec import UntrustedEnvError
+    from ..envs.workers import EnvBuildError
     from ..training.checkpoint import CheckpointError
 
     fn = globals()[name]
@@ -33,6 +35,8 @@ def run(name: str, cfg: Any, command_line: str) -> int:
         DatasetError,
         CheckpointError,
         UntrustedEnvError,
+        DatasetLockedError,
+        EnvBuildError,
     ) as e:
         if os.environ.get("DPD_TRACEBACK"):
             raise
@@ -142,14 +146,18 @@ def _is_dataset(path: str) -> bool:
     return path.endswith(".zip") or os.path.exists(os.path.join(path, "meta"))
 
 
-def info(cfg: InfoRun) -> None:
+def info(cfg: InfoRun) -> int:
     if _is_dataset(cfg.path):
         from ..data import ReplayBuffer, infer_shape_meta
 
         buf = ReplayBuffer.open(cfg.path)
         lengths = buf.episode_lengths
         print(buf)
+        problems = [*buf.problems, *buf.verify()]
+        for problem in problems:
+            print(f"PROBLEM: {problem}", file=sys.stderr)
         summary = {
+            "problems": problems,
             "shape_meta": infer_shape_meta(buf) if "action" in buf.keys() else None,
             "env": dict(buf.attrs.get("env") or {}) or None,
             "mode_freq": buf.mode_frequencies(),
@@ -159,7 +167,7 @@ def info(cfg: InfoRun) -> None:
             },
         }
         print(json.dumps(summary, indent=1))
-        return
+        return 1 if problems else 0
     from ..training.checkpoint import read_meta, resolve_checkpoint
 
     meta = read_meta(cfg.path)
@@ -180,6 +188,28 @@ def info(cfg: InfoRun) -> None:
     )
     print(f"checkpoint {resolve_checkpoint(cfg.path)}")
     print(json.dumps({k: meta.get(k) for k in keep}, indent=1))
+    return 0
+
+
+def repair(cfg: InfoRun) -> int:
+    """Cut a dataset back to its committed episodes (what an interrupted writer left), so that
+    any reader, Diffusion Policy's included, opens it."""
+    import warnings
+
+    from ..data import ReplayBuffer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ReplayBuffer.open(cfg.path, writable=True) as buf:
+            n, steps = buf.n_episodes, buf.n_steps
+    for w in caught:
+        print(str(w.message), file=sys.stderr)
+    buf = ReplayBuffer.open(cfg.path)
+    left = [*buf.problems, *buf.verify()]
+    for problem in left:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    print(f"{cfg.path}: {n} episodes, {steps} steps" + ("" if caught else "; nothing to repair"))
+    return 1 if left else 0
 
 
 def bench(cfg, command_line: str) -> dict[str, Any]:

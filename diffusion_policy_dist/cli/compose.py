@@ -42,6 +42,7 @@ def _schemas() -> dict[str, Any]:
         "bench": BenchRun,
         "demo": DemoRun,
         "info": InfoRun,
+        "repair": InfoRun,
         "import-robomimic": ImportRobomimicRun,
     }
 

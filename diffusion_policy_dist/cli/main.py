@@ -23,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "the sampler/NFE benchmark on built-in tasks"),
     "demo": ("demo", "collect, train, evaluate: the main job"),
     "import-robomimic": ("import_robomimic", "convert a robomimic HDF5 file to zarr"),
-    "info": ("info", "describe a checkpoint or a dataset"),
+    "info": ("info", "describe a checkpoint or a dataset (and check it)"),
+    "repair": ("repair", "cut a dataset back to its committed episodes after a crash"),
 }
 
 USAGE = """usage: dpd <command> [key=value ...] [--cfg]

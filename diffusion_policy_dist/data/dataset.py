@@ -8,6 +8,7 @@ stored HWC, served CHW as uint8), the rest ``low_dim``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,37 @@ def _as_uint8_frames(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
 
 
+# data/ keys that record an episode's bookkeeping, not what the robot observes (Diffusion
+# Policy's real-robot buffers store a unix timestamp and the task stage beside the observations)
+NOT_OBSERVATIONS = frozenset({"timestamp", "timestamps", "time", "stage", "episode", "index"})
+
+
+def _why_not_observation(key: str, dtype: np.dtype) -> str | None:
+    if dtype.kind not in "biuf":
+        return f"non-numeric dtype {dtype}"
+    if key.lower() in NOT_OBSERVATIONS or key.lower().endswith(("_timestamp", "_time", "_index")):
+        return "bookkeeping, not an observation"
+    return None
+
+
+def default_obs_keys(buffer: ReplayBuffer, action_key: str = "action") -> list[str]:
+    """Every ``data/`` key except the action and the keys that are not observations
+    (timestamps, stages, indices, non-numeric arrays); the ones left out are reported."""
+    keep, skipped = [], []
+    for k in buffer.keys():
+        if k == action_key:
+            continue
+        why = _why_not_observation(k, buffer.dtype(k))
+        (skipped.append(f"{k} ({why})") if why else keep.append(k))
+    if skipped:
+        warnings.warn(
+            f"{buffer.path}: left out of the observations: {', '.join(skipped)}; name the keys "
+            "you want in dataset.obs_keys",
+            stacklevel=3,
+        )
+    return keep
+
+
 def infer_shape_meta(
     buffer: ReplayBuffer, obs_keys: Sequence[str] | None = None, action_key: str = "action"
 ) -> dict[str, Any]:
@@ -47,10 +79,16 @@ def infer_shape_meta(
     if action_key not in keys:
         raise DatasetError(f"{buffer.path}: no action array 'data/{action_key}'; keys are {keys}")
     if obs_keys is None:
-        obs_keys = [k for k in keys if k != action_key]
+        obs_keys = default_obs_keys(buffer, action_key)
     missing = [k for k in obs_keys if k not in keys]
     if missing:
         raise DatasetError(f"{buffer.path}: observation keys {missing} not in data/ (keys: {keys})")
+    for k in obs_keys:
+        if buffer.dtype(k).kind not in "biuf":
+            raise DatasetError(
+                f"{buffer.path}: data/{k} has dtype {buffer.dtype(k)} (shape "
+                f"{buffer.shape(k)} per step); observations must be numeric"
+            )
     if not obs_keys:
         raise DatasetError(f"{buffer.path}: no observation keys (data/ holds only {keys})")
     a_shape = buffer.shape(action_key)

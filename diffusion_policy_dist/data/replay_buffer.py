@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..files import building_dir
+from ..files import building_dir, leftovers, replace_dir, temp_sibling
 from ..stats import mode_frequencies
+from .lock import DatasetLock
 
 FORMAT_NAME = "diffusion_policy_dist.replay_buffer"
 FORMAT_VERSION = 1
@@ -37,6 +38,24 @@ FORMAT_VERSION = 1
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as it is; the message names the file, key and shapes."""
+
+
+def _new_group(path: str | os.PathLike, attrs: Mapping[str, Any] | None, zarr_format: int):
+    """An empty dataset group at ``path``: ``data/``, ``meta/episode_ends`` and our attributes."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    root.require_group("data")
+    meta = root.require_group("meta")
+    meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64")
+    root.attrs.update(
+        {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "episode_info": []}
+        | dict(attrs or {})
+    )
+    return root
+
+
+def is_zarr_group(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory holding a zarr group (v2 or v3)."""
+    return any(os.path.exists(os.path.join(path, f)) for f in (".zgroup", "zarr.json"))
 
 
 def _default_compressor(dtype: np.dtype, zarr_format: int):
@@ -68,11 +87,15 @@ class ReplayBuffer:
     - ``attrs``: the root attributes (shape_meta, env spec, episode info ...).
     """
 
-    def __init__(self, root: zarr.Group, path: str, writable: bool) -> None:
+    def __init__(
+        self, root: zarr.Group, path: str, writable: bool, lock: DatasetLock | None = None
+    ) -> None:
         self.root = root
         self.path = path
         self.writable = writable
-        self._validate_and_repair()
+        self._lock = lock
+        self.problems: list[str] = []  # what a read-only open saw but did not repair
+        self._validate()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -84,27 +107,29 @@ class ReplayBuffer:
         attrs: Mapping[str, Any] | None = None,
         zarr_format: int = 2,
     ) -> ReplayBuffer:
-        """Create an empty buffer at ``path``. Refuses to replace an existing path unless
-        ``overwrite`` (use :func:`atomic_buffer` to replace a dataset without a window where it
-        is half-written)."""
+        """Create an empty buffer at ``path`` and hold its write lock. It is built under a
+        temporary name and renamed, so a crash leaves either nothing or a complete empty
+        dataset. Refuses an existing path unless ``overwrite``."""
         path = str(path)
-        if os.path.exists(path):
-            if not overwrite:
+        lock = DatasetLock(path).acquire()
+        try:
+            if os.path.exists(path) and not overwrite:
                 raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        root = zarr.open_group(path, mode="w", zarr_format=zarr_format)
-        root.require_group("data")
-        meta = root.require_group("meta")
-        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64")
-        root.attrs.update(
-            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "episode_info": []}
-            | dict(attrs or {})
-        )
-        return cls(root, path, writable=True)
+            for stale in leftovers(path):  # from a creation that was killed (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = temp_sibling(path)
+            _new_group(tmp, attrs, zarr_format)
+            replace_dir(tmp, path)
+            return cls(zarr.open_group(path, mode="a"), path, True, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     @classmethod
     def open(cls, path: str | os.PathLike, writable: bool = False) -> ReplayBuffer:
-        """Open an existing buffer, read-only unless ``writable``. ``.zip`` paths are read-only."""
+        """Open an existing buffer, read-only unless ``writable`` (then it holds the dataset's
+        write lock until :meth:`close`, and repairs an interrupted append). ``.zip`` paths are
+        read-only."""
         path = str(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"dataset {path} does not exist")
@@ -116,18 +141,40 @@ class ReplayBuffer:
             store: Any = ZipStore(path, mode="r")
         else:
             store = path
+            if not is_zarr_group(path):
+                raise DatasetError(
+                    f"{path} is not a zarr dataset (no .zgroup or zarr.json in it); "
+                    "nothing was written to it"
+                )
+        lock = DatasetLock(path).acquire() if writable else None
         try:
             root = zarr.open_group(store, mode="a" if writable else "r")
-        except Exception as e:  # zarr raises several types for "not a group"
+            return cls(root, path, writable, lock)
+        except BaseException as e:
+            if lock is not None:
+                lock.release()
+            if isinstance(e, (DatasetError, KeyboardInterrupt)):
+                raise
             raise DatasetError(f"{path} is not a readable zarr group: {e}") from e
-        return cls(root, path, writable)
+
+    def close(self) -> None:
+        """Release the write lock (a read-only buffer has none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ validation
     @property
     def is_ours(self) -> bool:
         return self.root.attrs.get("format") == FORMAT_NAME
 
-    def _validate_and_repair(self) -> None:
+    def _validate(self) -> None:
         p = self.path
         for name in ("data", "meta"):
             if name not in self.root:
@@ -137,55 +184,66 @@ class ReplayBuffer:
                 )
         if "episode_ends" not in self.root["meta"]:
             raise DatasetError(f"{p}: missing 'meta/episode_ends'")
-        ends_arr = self.root["meta/episode_ends"]
-        ends = np.asarray(ends_arr[:], dtype=np.int64)
-        if ends.ndim != 1:
-            raise DatasetError(f"{p}: meta/episode_ends must be 1-D, got shape {ends.shape}")
-        n_committed = len(ends)
-        # an append killed between resizing and writing episode_ends leaves a fill value (0)
+        raw = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
+        if raw.ndim != 1:
+            raise DatasetError(f"{p}: meta/episode_ends must be 1-D, got shape {raw.shape}")
+        shapes = {k: tuple(self.root["data"][k].shape) for k in self.keys()}
+        lengths = {k: shape[0] for k, shape in shapes.items()}
+        self._ends = self._committed_ends(raw, min(lengths.values(), default=0))
+        n_steps = int(self._ends[-1]) if len(self._ends) else 0
+        for key, n in lengths.items():
+            if n < n_steps or (n > n_steps and not self.is_ours):
+                raise DatasetError(
+                    f"{p}: data/{key} has shape {shapes[key]} ({n} steps) but meta/episode_ends "
+                    f"says the {len(self._ends)} episodes end at step {n_steps}"
+                )
+        stale = {k: n for k, n in lengths.items() if n > n_steps}
+        if stale or len(self._ends) < len(raw):
+            what = (
+                f"an interrupted or damaged append after episode {len(self._ends)}: "
+                f"{len(raw) - len(self._ends)} uncommitted episode_ends entries, "
+                f"{len(stale)} data arrays longer than the {n_steps} committed steps"
+            )
+            if self.writable:
+                warnings.warn(f"{p}: repairing {what}", stacklevel=3)
+                self._trim(n_steps, stale)
+            else:
+                self.problems.append(
+                    f"{what}. Readers of this package ignore them, Diffusion Policy's does not; "
+                    f"repair with: dpd repair path={p}"
+                )
+
+    def _committed_ends(self, ends: np.ndarray, shortest: int) -> np.ndarray:
+        """The committed prefix of ``meta/episode_ends``. In our own datasets a trailing entry
+        that does not increase (an append killed between growing the array and writing its
+        value) or that passes the shortest data array (a damaged write) is not committed."""
+        n = len(ends)
         while (
             self.is_ours
-            and n_committed
-            and (ends[n_committed - 1] <= (ends[n_committed - 2] if n_committed > 1 else 0))
+            and n
+            and (ends[n - 1] <= (ends[n - 2] if n > 1 else 0) or ends[n - 1] > shortest)
         ):
-            n_committed -= 1
-        ends = ends[:n_committed]
+            n -= 1
+        ends = ends[:n]
         if len(ends) and (np.any(np.diff(ends) <= 0) or ends[0] <= 0):
             raise DatasetError(
-                f"{p}: meta/episode_ends must be strictly increasing and positive; got "
+                f"{self.path}: meta/episode_ends must be strictly increasing and positive; got "
                 f"{ends[:10].tolist()}{' ...' if len(ends) > 10 else ''}"
             )
-        n_steps = int(ends[-1]) if len(ends) else 0
-        stale = {}
-        for key in self.keys():
+        return ends
+
+    def _trim(self, n_steps: int, stale: Mapping[str, int]) -> None:
+        """Cut data arrays and episode records back to the committed episodes."""
+        for key in stale:
             arr = self.root["data"][key]
-            if arr.shape[0] < n_steps:
-                raise DatasetError(
-                    f"{p}: data/{key} has shape {tuple(arr.shape)} ({arr.shape[0]} steps) but "
-                    f"meta/episode_ends says the {len(ends)} episodes end at step {n_steps}"
-                )
-            if arr.shape[0] > n_steps:
-                if not self.is_ours:
-                    raise DatasetError(
-                        f"{p}: data/{key} has shape {tuple(arr.shape)} ({arr.shape[0]} steps) "
-                        f"but meta/episode_ends says the {len(ends)} episodes end at step {n_steps}"
-                    )
-                stale[key] = arr.shape[0]
-        self._ends = ends
-        if (stale or n_committed < ends_arr.shape[0]) and self.writable:
-            warnings.warn(
-                f"{p}: discarding an interrupted append (episode {n_committed}); "
-                f"{len(stale)} data arrays trimmed to {n_steps} steps",
-                stacklevel=3,
-            )
-            for key in stale:
-                arr = self.root["data"][key]
-                arr.resize((n_steps, *arr.shape[1:]))
-            if ends_arr.shape[0] != n_committed:
-                ends_arr.resize((n_committed,))
-            info = list(self.root.attrs.get("episode_info", []))
-            if len(info) > n_committed:
-                self.root.attrs["episode_info"] = info[:n_committed]
+            arr.resize((n_steps, *arr.shape[1:]))
+        ends_arr = self.root["meta/episode_ends"]
+        if ends_arr.shape[0] != len(self._ends):
+            ends_arr.resize((len(self._ends),))
+            ends_arr[:] = self._ends
+        info = list(self.root.attrs.get("episode_info", []))
+        if len(info) > len(self._ends):
+            self.root.attrs["episode_info"] = info[: len(self._ends)]
 
     # ------------------------------------------------------------------ properties
     @property
@@ -260,11 +318,38 @@ class ReplayBuffer:
     def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """Episode ``i`` as ``{key: np.ndarray [T, *shape]}``."""
         sl = self.episode_slice(i)
-        return {k: np.asarray(self._array(k)[sl]) for k in (keys or self.keys())}
+        return {k: self._read(k, sl) for k in (keys or self.keys())}
 
     def load(self, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """All committed steps of ``keys`` as in-memory arrays ``[n_steps, *shape]``."""
-        return {k: np.asarray(self._array(k)[: self.n_steps]) for k in (keys or self.keys())}
+        return {k: self._read(k, slice(0, self.n_steps)) for k in (keys or self.keys())}
+
+    def _read(self, key: str, sl: slice) -> np.ndarray:
+        try:
+            return np.asarray(self._array(key)[sl])
+        except KeyError:
+            raise
+        except Exception as e:  # a chunk that doesn't decode: say which one
+            bad = self.verify([key]) or [f"data/{key}: {type(e).__name__}: {e}"]
+            raise DatasetError(f"{self.path}: {bad[0]}; the dataset is damaged") from e
+
+    def verify(self, keys: list[str] | None = None) -> list[str]:
+        """Decode every chunk of every committed step; one message per chunk that fails
+        (naming the key, the chunk and its steps)."""
+        bad = []
+        for key in keys or self.keys():
+            arr = self._array(key)
+            step = arr.chunks[0]
+            for c, start in enumerate(range(0, self.n_steps, step)):
+                stop = min(start + step, self.n_steps)
+                try:
+                    arr[start:stop]
+                except Exception as e:
+                    bad.append(
+                        f"data/{key} chunk {c} (steps {start}-{stop - 1}, shape "
+                        f"{tuple(arr.shape)}) cannot be decoded: {type(e).__name__}: {e}"
+                    )
+        return bad
 
     # ------------------------------------------------------------------ writing
     def add_episode(
@@ -335,15 +420,19 @@ class ReplayBuffer:
 
 @contextlib.contextmanager
 def atomic_buffer(path: str | os.PathLike, overwrite: bool = False, **create_kwargs):
-    """Build a whole new buffer at a temporary path and move it to ``path`` only on success.
-
-    An exception inside the block leaves any existing dataset at ``path`` untouched.
-    """
+    """Build a whole new buffer at a temporary path and move it to ``path`` only on success,
+    holding ``path``'s write lock throughout. An exception inside the block leaves any existing
+    dataset at ``path`` untouched."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    with building_dir(path) as tmp:
-        shutil.rmtree(tmp)  # zarr creates the group directory itself
-        buf = ReplayBuffer.create(tmp, **create_kwargs)
-        yield buf
-    buf.path = str(path)
+    lock = DatasetLock(path).acquire()
+    try:
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        with building_dir(path) as tmp:
+            shutil.rmtree(tmp)  # the group is created at this name
+            attrs, fmt = create_kwargs.get("attrs"), create_kwargs.get("zarr_format", 2)
+            buf = ReplayBuffer(_new_group(tmp, attrs, fmt), str(tmp), writable=True)
+            yield buf
+        buf.path = str(path)
+    finally:
+        lock.release()

@@ -7,7 +7,9 @@ there is one way to train; every reader of checkpoints goes through :func:`load_
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +50,8 @@ def build_policy_and_data(run: TrainRun):
     if not ds.path or ds.path == "???":
         raise ValueError("dataset.path is required (a zarr dataset in Diffusion Policy's layout)")
     buffer = ReplayBuffer.open(ds.path)
+    for problem in buffer.problems:
+        print(f"warning: {ds.path}: {problem}", file=sys.stderr)
     shape_meta = infer_shape_meta(buffer, ds.obs_keys, ds.action_key)
     train_set, val_set = make_datasets(
         buffer,
@@ -131,14 +135,46 @@ def policy_from_checkpoint(
         policy = DiffusionPolicy(cfg, meta["shape_meta"], window)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} describes a policy that cannot be built: {e}") from e
+    check_config_agrees(ckpt)
     state = ckpt.ema_state if (use_ema and ckpt.ema_state is not None) else ckpt.model_state
-    missing, unexpected = policy.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape than meta.json's policy has
+        detail = " ".join(str(e).split())
+        raise CheckpointError(
+            f"{ckpt.path}/model.safetensors does not fit the policy its meta.json describes "
+            f"(shape_meta, window or network edited?): {detail}"
+        ) from e
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt.path}/model.safetensors does not fit the policy its meta.json describes: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return policy.to(resolve_device(device)).eval(), ckpt
+
+
+def check_config_agrees(ckpt: Checkpoint) -> None:
+    """meta.json is what a checkpoint is rebuilt from; a ``config.yaml`` that says otherwise
+    (edited by hand, say) is an error rather than silently ignored."""
+    cfg, meta = ckpt.config or {}, ckpt.meta
+    pairs = [("window", cfg.get("window"), meta.get("window"))]
+    same_format = "migrated_from_version" not in meta  # old configs spell groups differently
+    if same_format and isinstance(cfg.get("policy"), Mapping):
+        pol = meta["policy"]
+        pairs += [(k, cfg.get(k), pol.get(k)) for k in ("network", "schedule", "loss", "sampler")]
+        pairs += [(f"policy.{k}", v, pol.get(k)) for k, v in cfg["policy"].items()]
+    if "shape_meta" in cfg:
+        pairs.append(("shape_meta", cfg["shape_meta"], meta.get("shape_meta")))
+    for name, in_cfg, in_meta in pairs:
+        if in_cfg is None or in_meta is None:
+            continue
+        if json.dumps(in_cfg, sort_keys=True) != json.dumps(in_meta, sort_keys=True):
+            raise CheckpointError(
+                f"{ckpt.path}: config.yaml and meta.json disagree on {name}:\n"
+                f"  config.yaml: {in_cfg}\n  meta.json:   {in_meta}\n"
+                "meta.json describes the weights; restore config.yaml (a checkpoint is not "
+                "reconfigured by editing it: train a new one)"
+            )
 
 
 def load_policy(

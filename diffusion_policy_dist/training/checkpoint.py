@@ -253,6 +253,8 @@ def migrate_meta(meta: Mapping[str, Any], where: str = "meta.json") -> dict:
         from ..envs.spec import migrate_spec
 
         meta["env"] = migrate_spec(meta["env"])
+    if version < VERSION:
+        meta["migrated_from_version"] = version
     meta["version"] = VERSION
     return meta
 

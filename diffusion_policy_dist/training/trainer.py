@@ -120,8 +120,10 @@ class Trainer:
         config: Mapping[str, Any] | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cfg = build_config(TrainConfig, cfg, "training")
+        self._clock = clock  # seconds; injectable, so budgets are testable on a busy machine
         self.policy = policy.to(device)
         self.rows_per_example = int(getattr(policy, "samples_per_example", 1))
         self.batch_size = self.cfg.examples_per_step(self.rows_per_example)
@@ -375,7 +377,7 @@ class Trainer:
         )
 
     def _train_step(self, batch) -> dict[str, float]:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         loss, info = self.policy(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; info={info}")
@@ -394,7 +396,7 @@ class Trainer:
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.order.per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.elapsed_s += time.perf_counter() - t0
+        self.elapsed_s += self._clock() - t0
         return {**info, "grad_norm": grad_norm}
 
     def _after_step(self, info: dict[str, float], bar) -> dict[str, float]:
@@ -423,7 +425,7 @@ class Trainer:
         return last
 
     def _log_train(self, info: dict[str, float]) -> None:
-        now = time.perf_counter()
+        now = self._clock()
         steps = self.step - self._log_ref[0]
         rec = {
             "step": self.step,
@@ -450,7 +452,7 @@ class Trainer:
             batch_loader(self.train_set, self.order, self.cfg.num_workers, self.seed, pin, start)
         )
         self.policy.train()
-        self._log_ref = (self.step, time.perf_counter())
+        self._log_ref = (self.step, self._clock())
         last: dict[str, float] = {"loss": float("nan")}
         try:
             with self._signals_stop(), self._progress_bar() as bar:

@@ -107,8 +107,8 @@ def test_reads_zarr_v3(tmp_path):
 
 def test_interrupted_append_is_discarded_and_repaired(tmp_path):
     path = tmp_path / "rb.zarr"
-    buf = ReplayBuffer.create(path)
-    buf.add_episode(episode(5, 0))
+    with ReplayBuffer.create(path) as buf:
+        buf.add_episode(episode(5, 0))
     # simulate a crash after the data arrays grew but before episode_ends was committed
     root = zarr.open_group(str(path), mode="a")
     root["data/state"].append(np.ones((7, 4), np.float32))
@@ -116,9 +116,10 @@ def test_interrupted_append_is_discarded_and_repaired(tmp_path):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         rb = ReplayBuffer.open(path, writable=True)
-    assert any("interrupted append" in str(x.message) for x in w)
+    assert any("interrupted or damaged append" in str(x.message) for x in w)
     assert root["data/state"].shape[0] == 5
     rb.add_episode(episode(3, 1))
+    rb.close()
     assert ReplayBuffer.open(path).episode_ends.tolist() == [5, 8]
     # a crash between resizing episode_ends and writing its value leaves a fill value (0)
     root["meta/episode_ends"].resize((3,))
@@ -127,7 +128,7 @@ def test_interrupted_append_is_discarded_and_repaired(tmp_path):
 
 def test_first_append_killed_after_creating_some_arrays_can_start_again(tmp_path):
     path = tmp_path / "rb.zarr"
-    ReplayBuffer.create(path)
+    ReplayBuffer.create(path).close()
     # killed during the very first add_episode: one data array exists, nothing was committed
     root = zarr.open_group(str(path), mode="a")
     root["data"].create_array("state", shape=(0, 4), dtype="float32")
@@ -135,6 +136,7 @@ def test_first_append_killed_after_creating_some_arrays_can_start_again(tmp_path
     rb = ReplayBuffer.open(path, writable=True)
     assert rb.n_episodes == 0
     rb.add_episode(episode(6, 0))  # keys state + action: the stray array is replaced
+    rb.close()
     back = ReplayBuffer.open(path)
     assert back.n_episodes == 1 and back.keys() == ["action", "state"]
     np.testing.assert_array_equal(back.get_episode(0)["state"], episode(6, 0)["state"])
@@ -175,6 +177,7 @@ def test_add_episode_validation(tmp_path):
         )
     with pytest.raises(ValueError, match="stores keys"):
         buf.add_episode({"state": np.zeros((3, 4), np.float32)})
+    buf.close()
     with pytest.raises(FileExistsError):
         ReplayBuffer.create(tmp_path / "rb.zarr")
     assert ReplayBuffer.open(tmp_path / "rb.zarr").n_episodes == 1
@@ -188,7 +191,8 @@ def test_atomic_buffer_keeps_old_dataset_on_failure(tmp_path):
         b.add_episode(episode(6, 1))
         raise RuntimeError("converter crashed")
     assert ReplayBuffer.open(path).n_steps == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.zarr"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".ds.zarr.lock", "ds.zarr"]  # no temporary copy is left behind
 
 
 def test_sequence_padding_and_masks():

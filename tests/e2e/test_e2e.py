@@ -144,6 +144,7 @@ def test_train_on_a_gym_env_dataset_and_evaluate_from_the_checkpoint_alone(tmp_p
         buf.add_episode(
             {**{k: np.stack(v) for k, v in frames.items()}, "action": np.stack(actions)}
         )
+    buf.close()
     env.close()
     run, ev = tmp_path / "run", tmp_path / "eval"
     dpd(

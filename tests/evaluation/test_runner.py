@@ -7,32 +7,12 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_policy
 from diffusion_policy_dist.envs import gym_env_spec, make_env, task_env_spec
 from diffusion_policy_dist.envs.workers import EnvSource
 from envs_for_tests import countdown
 
 from diffusion_policy_dist.evaluation import evaluate
-from diffusion_policy_dist.policy import DiffusionPolicy, Window
-
-TINY = {"down_dims": [16, 32], "kernel_size": 3, "n_groups": 8, "time_embed_dim": 16}
-
-
-def tiny_policy(state_dim=3, action_dim=2, seed=0):
-    torch.manual_seed(seed)
-    sm = {
-        "obs": {"state": {"shape": [state_dim], "type": "low_dim"}},
-        "action": {"shape": [action_dim]},
-    }
-    pol = DiffusionPolicy({"network": TINY, "loss": {"m": 2}}, sm, Window(8, 2, 4))
-    rng = np.random.default_rng(0)
-    pol.normalizer.fit(
-        {
-            "state": rng.normal(size=(20, state_dim)),
-            "action": rng.uniform(-0.3, 0.3, size=(20, action_dim)),
-        }
-    )
-    return pol
 
 
 def countdown_spec(**kw):
