@@ -10,6 +10,7 @@ Each loss is also one options dataclass in :data:`LOSSES` (its ``kind`` is the l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -115,8 +116,10 @@ def kernel_score(
     ``l_i = -2/m sum_j k(x_ij, y_i) + 1/(m(m-1)) sum_{j != j'} k(x_ij, x_ij')``
 
     ``kernel`` is ``rbf`` (exp(-d^2 / 2h^2)) or ``imq`` ((1 + d^2/h^2)^-1/2). ``bandwidth`` h is
-    fixed when given; otherwise the median heuristic over each example's pairwise distances
-    (samples and target together), treated as a constant. Shapes as in :func:`energy_score`.
+    fixed when given; otherwise :func:`data_bandwidth2` of the batch's targets. The bandwidth
+    must not depend on the generator's samples: a median over the samples' own distances grows
+    with their spread, and the score then rewards spread (it is no longer proper). Shapes as in
+    :func:`energy_score`.
     """
     if samples.dim() != target.dim() + 1 or samples.shape[2:] != target.shape[1:]:
         raise ValueError(
@@ -135,32 +138,56 @@ def kernel_score(
     d_xy = ((x - y) ** 2).sum(-1)  # [B, m]
     d_xx = ((x.unsqueeze(2) - x.unsqueeze(1)) ** 2).sum(-1)  # [B, m, m]
     off_diag = ~torch.eye(m, dtype=torch.bool, device=x.device)
-    if bandwidth is None:
-        with torch.no_grad():
-            pool = torch.cat([d_xy, d_xx[:, off_diag]], dim=1)
-            h2 = pool.median(dim=1).values.clamp_min(1e-6).unsqueeze(-1)
-    else:
-        h2 = torch.full((B, 1), float(bandwidth) ** 2, dtype=x.dtype, device=x.device)
+    h2_value = data_bandwidth2(y[:, 0]) if bandwidth is None else float(bandwidth) ** 2
+    h2 = torch.full((B, 1), float(h2_value), dtype=x.dtype, device=x.device)
     k_xy = _kernel(d_xy, kernel, h2)
     k_xx = _kernel(d_xx, kernel, h2.unsqueeze(-1))
     return -2.0 * k_xy.mean(1) + (k_xx * off_diag).sum((1, 2)) / (m * (m - 1))
 
 
+def data_bandwidth2(targets: Tensor) -> float:
+    """Squared kernel bandwidth from data only: the median squared distance between the
+    batch's targets ``[B, D]`` (1.0 for a batch of one)."""
+    if targets.shape[0] < 2:
+        return 1.0
+    with torch.no_grad():
+        d = torch.cdist(targets.detach().double(), targets.detach().double()) ** 2
+        pairs = d[torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)]
+        return max(float(torch.quantile(pairs, 0.5)), 1e-6)
+
+
 WEIGHTINGS = ("uniform", "sigmoid")
 
 
-def time_weight(kind: str, schedule: Schedule, t: Tensor, bias: float = 0.0) -> Tensor:
-    """Per-example loss weight ``w(t)``, shape ``[B]``.
+def time_weight(
+    kind: str, schedule: Schedule, t: Tensor, bias: float = 0.0, space: str = "sample"
+) -> Tensor:
+    """Per-example loss weight ``w(t)``, shape ``[B]``, for a loss measured in ``space``
+    (``sample``: on x0, as the scoring rules and x0-MSE; ``epsilon`` or ``v``: a mean model's
+    MSE on that prediction).
 
-    ``uniform``: 1. ``sigmoid``: ``sigmoid(bias - log_snr(t))``, Kingma & Gao style but on the
-    x0-space loss, so noisy times (the coarse first step) keep full weight while nearly clean
-    times, where x0 is almost x_t, are down-weighted.
+    ``uniform``: 1. ``sigmoid``: Kingma & Gao's weighting, ``sigmoid(bias - lambda)`` on the
+    eps-loss with lambda = log-SNR(t). Since ``||eps - eps_hat||^2 = e^lambda ||x0 - x0_hat||^2``,
+    the same objective on an x0-space loss is ``e^bias sigmoid(lambda - bias)``: it grows with the
+    SNR, so nearly clean times count fully and the noisiest (t near 1) little. Every space gets
+    the weight that makes its weighted loss equal that one objective.
     """
     if kind == "uniform":
         return torch.ones_like(t)
-    if kind == "sigmoid":
-        return torch.sigmoid(bias - log_snr(schedule, t)).to(t.dtype)
-    raise ValueError(f"unknown time weighting {kind!r}; choose one of {WEIGHTINGS}")
+    if kind != "sigmoid":
+        raise ValueError(f"unknown time weighting {kind!r}; choose one of {WEIGHTINGS}")
+    lam = log_snr(schedule, t).double()
+    w_x0 = math.exp(bias) * torch.sigmoid(lam - bias)
+    # units of x0-space loss per unit of this loss, at fixed x_t:
+    # eps = (x_t - a x0) / s gives a^2/s^2 = e^lambda; v = a eps - s x0 gives (a^2 + s^2)^2 / s^2
+    if space == "sample":
+        return w_x0.to(t.dtype)
+    if space == "epsilon":
+        return (w_x0 / torch.exp(lam)).to(t.dtype)
+    if space == "v":
+        a, s = schedule.alpha(t).double(), schedule.sigma(t).double()
+        return (w_x0 * s**2 / (a**2 + s**2) ** 2).to(t.dtype)
+    raise ValueError(f"time_weight: unknown loss space {space!r}")
 
 
 @dataclass

@@ -33,7 +33,9 @@ import torch
 from torch import Tensor
 
 from .grids import GRIDS, time_grid
-from .schedules import Schedule, make_schedule
+from .phase_space import _OPTS as PHASE_SPACE_OPTS
+from .phase_space import PhaseSpace, check_phase_space_opts, sample_phase_space
+from .schedules import Schedule, make_schedule, t_at_alpha
 
 ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
 _EPS = 1e-6
@@ -108,6 +110,10 @@ class SamplerConfig:
         """``(k_x, k_0, std)`` of the step from t to s > 0."""
         raise NotImplementedError
 
+    def start_time(self, schedule: Schedule, t_start: float) -> float:
+        """The time the first step starts from (a method may need a later start)."""
+        return t_start
+
 
 @dataclass
 class DDPMSampler(SamplerConfig):
@@ -169,11 +175,27 @@ class ConjugateSampler(SamplerConfig):
     steps: int = 4
     lam: float = 0.0
     quad_points: int = 65
+    alpha_min: float = 0.02
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.quad_points < 2:
             raise ValueError(f"sampler.quad_points must be >= 2, got {self.quad_points}")
+        if not 0.0 < self.alpha_min < 1.0:
+            raise ValueError(f"sampler.alpha_min must be in (0, 1), got {self.alpha_min}")
+
+    def start_time(self, schedule: Schedule, t_start: float) -> float:
+        """With lam != 0 the step is ill-conditioned where alpha_t is tiny (its x_t coefficient
+        carries (a_s/a_t)(1 - lam h) e^{lam h}: about -23 for 1 -> 0.5 at lam = 0.1 on the
+        cosine schedule), so sampling starts at the time where alpha = ``alpha_min`` (pure noise
+        there is N(0, 1 - alpha_min^2) away from the true marginal). lam = 0 is DDIM and starts
+        where asked."""
+        if self.lam == 0.0:
+            return t_start
+        a = float(schedule.alpha(torch.tensor(t_start, dtype=torch.float64)))
+        return (
+            t_start if a >= self.alpha_min else min(t_start, t_at_alpha(schedule, self.alpha_min))
+        )
 
     def coefs(self, schedule, t, s):
         a_t, s_t = _coef(schedule, t)
@@ -191,8 +213,35 @@ class ConjugateSampler(SamplerConfig):
         return k_x, k_0, 0.0
 
 
+@dataclass
+class PhaseSpaceSamplerConfig(SamplerConfig):
+    """A sampler of phase-space diffusion only (schedule ``psld``; see :mod:`.phase_space`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_phase_space_opts(self.kind, {**self.opts(), "clip_x0": self.clip_x0})
+
+    def coefs(self, schedule, t, s):
+        raise ValueError(f"sampler {self.kind!r} needs the phase-space schedule (schedule=psld)")
+
+
+def _phase_space_configs() -> list[type[SamplerConfig]]:
+    """One options class per phase-space method (``distributional`` serves both processes)."""
+    out = []
+    for method, own in PHASE_SPACE_OPTS.items():
+        if method == "distributional":
+            continue
+        fields = [("kind", str, dataclasses.field(default=method))]
+        fields += [("steps", int, dataclasses.field(default=10))]
+        fields += [(k, type(v), dataclasses.field(default=v)) for k, v in own.items()]
+        name = "".join(w.title() for w in method.split("_")) + "Sampler"
+        out.append(dataclasses.make_dataclass(name, fields, bases=(PhaseSpaceSamplerConfig,)))
+    return out
+
+
+VP_SAMPLERS = (DDPMSampler, DDIMSampler, DistributionalSampler, ConjugateSampler)
 SAMPLERS: dict[str, type[SamplerConfig]] = {
-    c.kind_name(): c for c in (DDPMSampler, DDIMSampler, DistributionalSampler, ConjugateSampler)
+    c.kind_name(): c for c in (*VP_SAMPLERS, *_phase_space_configs())
 }
 METHODS = tuple(SAMPLERS)
 
@@ -245,11 +294,16 @@ def sample(
     by default). ``callback(i, t, x_t, x0_hat)`` is called after each model evaluation.
     Returns ``(x0, nfe)``.
     """
+    sched = make_schedule(schedule)
+    if isinstance(sched, PhaseSpace):
+        return sample_phase_space(
+            model, x_T, schedule=sched, method=method, steps=steps, t_start=t_start, grid=grid,
+            cond=cond, generator=generator, callback=callback, **opts,
+        )  # fmt: skip
     grid_name = grid if isinstance(grid, str) else "uniform"
     opts.setdefault("clip_x0", None)
     cfg = sampler_config(method, steps=steps, t_start=t_start, grid=grid_name, **opts)
-    sched = make_schedule(schedule)
-    ts = _grid(sched, grid, steps, t_start)
+    ts = _grid(sched, grid, steps, cfg.start_time(sched, t_start))
     clip = cfg.clip_x0
     x, nfe = x_T, 0
     for i in range(steps):

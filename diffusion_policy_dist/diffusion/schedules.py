@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .phase_space import PhaseSpace
+
 
 @runtime_checkable
 class Schedule(Protocol):
@@ -109,6 +111,7 @@ SCHEDULES: dict[str, type] = {
     "cosine": CosineSchedule,
     "linear": LinearSchedule,
     "flow": FlowSchedule,
+    "psld": PhaseSpace,  # phase-space diffusion: 2 channels per action dimension
 }
 
 
@@ -126,6 +129,8 @@ def make_schedule(schedule: str | Schedule | dict, **kwargs) -> Schedule:
             raise ValueError(f"schedule config {dict(schedule)} has no 'kind'")
         params.update(kwargs)
         return make_schedule(name, **params)
+    if isinstance(schedule, PhaseSpace):
+        return schedule
     if not (hasattr(schedule, "alpha") and hasattr(schedule, "sigma")):
         raise TypeError(
             f"schedule must be a name, a dict or an object with alpha(t) and sigma(t); "

@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 from ..data.normalizer import SCHEMES
 from ..diffusion.losses import LOSSES, EnergyLoss, LossConfig
 from ..diffusion.parameterization import PREDICTIONS
-from ..diffusion.sampling import SAMPLERS, DistributionalSampler, SamplerConfig
+from ..diffusion.phase_space import METHODS as PHASE_SPACE_METHODS
+from ..diffusion.phase_space import PhaseSpace
+from ..diffusion.sampling import (
+    SAMPLERS,
+    DistributionalSampler,
+    PhaseSpaceSamplerConfig,
+    SamplerConfig,
+)
 from ..diffusion.schedules import SCHEDULES, CosineSchedule
 
 T = TypeVar("T")
@@ -144,6 +151,23 @@ class PolicyConfig(PolicyOptions):
                 "policy.kind=distributional needs loss=energy or a kernel loss; for the x0-MSE "
                 "ablation on the same code path use loss=energy loss.beta=2 loss.lam=0"
             )
+        self._check_process()
+
+    def _check_process(self) -> None:
+        """Phase-space diffusion takes its own samplers, x0 prediction and no prior."""
+        psld = isinstance(self.schedule, PhaseSpace)
+        kind = self.sampler.kind
+        if psld and kind not in PHASE_SPACE_METHODS:
+            raise ValueError(
+                f"sampler={kind} does not run phase-space diffusion (schedule=psld); its samplers "
+                f"are {list(PHASE_SPACE_METHODS)}"
+            )
+        if not psld and isinstance(self.sampler, PhaseSpaceSamplerConfig):
+            raise ValueError(f"sampler={kind} needs the phase-space schedule (schedule=psld)")
+        if psld and self.kind == "mean" and self.prediction != "sample":
+            raise ValueError("a phase-space mean model predicts x0: set policy.prediction=sample")
+        if psld and self.prior.alpha is not None:
+            raise ValueError("policy.prior (truncated diffusion) is for VP schedules, not psld")
 
 
 def build_config(cls: type[T], data: Mapping[str, Any] | T | None, where: str) -> T:

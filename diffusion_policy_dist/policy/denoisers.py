@@ -28,15 +28,26 @@ from torch import Tensor, nn
 
 from ..diffusion.losses import mse_loss, time_weight
 from ..diffusion.parameterization import expand_like, prediction_target, to_x0
+from ..diffusion.phase_space import PhaseSpace
 from ..diffusion.schedules import Schedule
 
 # (in_channels, extra condition dims) -> network with forward(x [B, H, C], t [B], cond [B, D])
 NetFactory = Callable[[int, int], nn.Module]
 
 
+def state_channels(schedule: Schedule, action_dim: int) -> int:
+    """Channels of the diffused state: the actions, or (x, m) pairs in phase space."""
+    return schedule.channels(action_dim) if isinstance(schedule, PhaseSpace) else action_dim
+
+
 def _noisy(schedule: Schedule, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(t, eps, a, s, x_t)`` for one random time per example (t drawn before eps)."""
+    """``(t, eps, a, s, x_t)`` for one random time per example (t drawn before eps). In phase
+    space ``x_t`` is z_t ``[B, H, 2 Da]`` (t in [t_min, 1]) and ``a``, ``s`` are None."""
     t = torch.rand(x0.shape[0], device=x0.device)
+    if isinstance(schedule, PhaseSpace):
+        t = schedule.t_min + (1.0 - schedule.t_min) * t
+        eps = torch.randn(*x0.shape[:-1], 2 * x0.shape[-1], device=x0.device, dtype=x0.dtype)
+        return t, eps, None, None, schedule.perturb(x0, t, eps)
     eps = torch.randn_like(x0)
     a = expand_like(schedule.alpha(t), x0)
     s = expand_like(schedule.sigma(t), x0)
@@ -72,19 +83,22 @@ class Denoiser:
             return ~action_is_pad
         return None
 
-    def _weight(self, t: Tensor) -> Tensor:
+    def _weight(self, t: Tensor, space: str = "sample") -> Tensor:
         lc = self.loss_cfg
-        return time_weight(lc.weighting, self.schedule, t, lc.weight_bias)
+        return time_weight(lc.weighting, self.schedule, t, lc.weight_bias, space)
 
 
 class MeanDenoiser(Denoiser):
-    """Predicts eps, x0 or v (``cfg.prediction``) from ``x_t``; x0 estimate = posterior mean."""
+    """Predicts eps, x0 or v (``cfg.prediction``) from ``x_t``; x0 estimate = posterior mean.
+    In phase space it predicts x0 from z_t."""
 
     def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
         super().__init__(cfg, schedule, action_dim, horizon)
-        self.net = make_net(action_dim, 0)
+        self.net = make_net(state_channels(schedule, action_dim), 0)
 
     def x0(self, x_t, t, cond, generator=None):
+        if self.cfg.prediction == "sample":
+            return self.net(x_t, t, cond)
         a = expand_like(self.schedule.alpha(t), x_t)
         s = expand_like(self.schedule.sigma(t), x_t)
         return to_x0(self.cfg.prediction, self.net(x_t, t, cond), x_t, a, s)
@@ -92,9 +106,10 @@ class MeanDenoiser(Denoiser):
     def loss(self, x0, cond, action_is_pad=None):
         t, eps, a, s, x_t = _noisy(self.schedule, x0)
         pred = self.net(x_t, t, cond)
-        target = prediction_target(self.cfg.prediction, x0, eps, a, s)
+        sample = self.cfg.prediction == "sample"
+        target = x0 if sample else prediction_target(self.cfg.prediction, x0, eps, a, s)
         per_example = mse_loss(pred, target, self._mask(action_is_pad))
-        return self._weight(t) * per_example, {}
+        return self._weight(t, self.cfg.prediction) * per_example, {}
 
 
 class DistributionalDenoiser(Denoiser):
@@ -104,12 +119,13 @@ class DistributionalDenoiser(Denoiser):
 
     def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
         super().__init__(cfg, schedule, action_dim, horizon)
+        channels = state_channels(schedule, action_dim)
         if cfg.noise_injection == "concat":
             self.noise_shape: tuple[int, ...] = (horizon, cfg.noise_dim or action_dim)
-            self.net = make_net(action_dim + self.noise_shape[1], 0)
+            self.net = make_net(channels + self.noise_shape[1], 0)
         else:
             self.noise_shape = (cfg.noise_dim or 32,)
-            self.net = make_net(action_dim, self.noise_shape[0])
+            self.net = make_net(channels, self.noise_shape[0])
 
     def x0(self, x_t, t, cond, generator=None, xi: Tensor | None = None):
         """A fresh posterior sample; ``xi [B, *noise_shape]`` is drawn from ``generator`` unless

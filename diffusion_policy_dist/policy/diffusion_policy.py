@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.normalizer import Normalizer
+from ..diffusion.phase_space import PhaseSpace
 from ..diffusion.sampling import SAMPLERS, SamplerConfig, sample
 from ..diffusion.schedules import make_schedule, t_at_alpha
 from ..models.obs_encoders import ObsEncoder, obs_keys_by_type
@@ -23,7 +24,7 @@ from ..models.prior import MixtureDensityPrior
 from ..models.unet1d import ConditionalUnet1D
 from ..window import Window
 from .config import PolicyConfig, build_choice, policy_config
-from .denoisers import DENOISERS
+from .denoisers import DENOISERS, state_channels
 from .queues import ActionQueue, ObsHistory, camera_chw
 
 
@@ -125,7 +126,8 @@ class DiffusionPolicy(nn.Module):
     def one_forward(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One network evaluation at t = 0.5 on random ``x_t`` for features ``cond [B, D]``: the
         floor of any sampler's cost per chunk (what latency is compared with)."""
-        shape = (cond.shape[0], self.window.horizon, self.action_dim)
+        channels = state_channels(self.schedule, self.action_dim)
+        shape = (cond.shape[0], self.window.horizon, channels)
         x = torch.randn(shape, generator=generator, device=cond.device)
         t = torch.full((cond.shape[0],), 0.5, device=cond.device)
         return self.denoiser.x0(x, t, cond, generator=generator)
@@ -167,6 +169,9 @@ class DiffusionPolicy(nn.Module):
             t0 = time.perf_counter()
             x = self.prior.sample(cond, generator=generator).view(shape)
             return x, float(self.t_prime), 1000 * (time.perf_counter() - t0)
+        if isinstance(self.schedule, PhaseSpace):
+            z = self.schedule.prior_sample(shape, generator=generator, device=cond.device)
+            return z, sc.t_start, 0.0
         return torch.randn(shape, generator=generator, device=cond.device), sc.t_start, 0.0
 
     @torch.no_grad()

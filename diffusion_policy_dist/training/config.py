@@ -134,6 +134,8 @@ class TrainRun:
     def __post_init__(self) -> None:
         if self.threads is not None:
             _positive_int("threads", self.threads)
+        if not any(isinstance(v, str) for v in (self.schedule, self.loss, self.sampler)):
+            self.policy_config()  # the groups must fit together (checked when composed)
 
     def policy_config(self) -> PolicyConfig:
         p = self.policy

@@ -88,7 +88,8 @@ def test_every_preset_file_composes(group):
     for option in sorted((ROOT / "configs" / group).glob("*.yaml")):
         cfg = compose("train", ["dataset.path=x.zarr", f"{group}={option.stem}"])
         if group == "policy":
-            assert cfg.policy.kind == {"ddpm": "mean"}.get(option.stem, option.stem)
+            kinds = {"ddpm": "mean", "psld_mean": "mean", "psld_distributional": "distributional"}
+            assert cfg.policy.kind == kinds.get(option.stem, option.stem)
         else:  # the chosen file's settings, not the default's, are what got composed
             want = OmegaConf.to_container(OmegaConf.load(option)) or {}
             got = {k: getattr(cfg.network, k) for k in want}
@@ -99,9 +100,13 @@ def test_every_preset_file_composes(group):
     "group,registry", [("sampler", SAMPLERS), ("loss", LOSSES), ("schedule", SCHEDULES)]
 )
 def test_every_registered_choice_is_a_config_option(group, registry):
+    from diffusion_policy_dist.diffusion.sampling import PhaseSpaceSamplerConfig
+
     for kind, cls in registry.items():
         option = {"loss": {"kernel": "kernel_rbf"}}.get(group, {}).get(kind, kind)
-        cfg = compose("train", ["dataset.path=x.zarr", f"{group}={option}"])
+        extra = ["policy=psld_mean"] if issubclass(cls, PhaseSpaceSamplerConfig) else []
+        extra += ["policy=ddpm"] if (group, kind) == ("loss", "mse") else []
+        cfg = compose("train", ["dataset.path=x.zarr", *extra, f"{group}={option}"])
         assert isinstance(getattr(cfg, group), cls)
 
 

@@ -1,12 +1,13 @@
 """Scoring-rule losses against brute-force formulas and their defining properties."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from diffusion_policy_dist.diffusion.losses import energy_score, kernel_score, mse_loss, time_weight
-from diffusion_policy_dist.diffusion.schedules import make_schedule
+from diffusion_policy_dist.diffusion.schedules import log_snr, make_schedule
 
 
 def brute_energy(samples, target, beta, lam, mask=None):
@@ -148,11 +149,62 @@ def test_shape_errors_are_clear():
         energy_score(torch.randn(2, 3, 4), torch.randn(2, 4), beta=3.0)
 
 
+@pytest.mark.parametrize("kind", ["rbf", "imq"])
+def test_default_kernel_bandwidth_keeps_the_score_proper(kind):
+    """Targets y ~ N(0, I_4), candidates N(0, s^2 I): the expected score, with the default
+    bandwidth, is lowest at the true s = 1 (a bandwidth taken from the samples' own spread
+    made it keep falling as s grows)."""
+    g = torch.Generator().manual_seed(11)
+    n, m, d = 4000, 8, 4
+    y = torch.randn(n, d, generator=g)
+    z = torch.randn(n, m, d, generator=g)
+    scores = {s: kernel_score(s * z, y, kernel=kind).mean().item() for s in (0.7, 1.0, 1.4, 2.0)}
+    assert min(scores, key=scores.get) == 1.0, scores
+    assert scores[2.0] > scores[1.0] + 0.01 and scores[0.7] > scores[1.0] + 0.005, scores
+
+
+def test_default_bandwidth_is_the_median_distance_between_targets():
+    g = torch.Generator().manual_seed(6)
+    samples, target = torch.randn(5, 3, 2, generator=g), torch.randn(5, 2, generator=g)
+    d2 = sorted(
+        float(((target[i] - target[j]) ** 2).sum()) for i in range(5) for j in range(i + 1, 5)
+    )
+    h = math.sqrt((d2[4] + d2[5]) / 2)  # the median of the 10 pairwise squared distances
+    got = kernel_score(samples, target, kernel="rbf")
+    assert torch.allclose(got.double(), brute_kernel(samples, target, "rbf", h), atol=1e-5)
+    far = kernel_score(3 * samples, target, kernel="rbf")  # the samples' spread doesn't move h
+    assert torch.allclose(far.double(), brute_kernel(3 * samples, target, "rbf", h), atol=1e-5)
+
+
+def test_sigmoid_weighting_is_kingma_and_gaos_in_every_loss_space():
+    """sigmoid(b - lambda) on the eps-loss (Kingma & Gao), and the same objective on x0- and
+    v-space losses: for any x0_hat, w_space * ||space - space_hat||^2 is the same number."""
+    b = 1.5
+    for name in ("cosine", "flow"):
+        sched = make_schedule(name)
+        t = torch.tensor([0.05, 0.3, 0.6, 0.95], dtype=torch.float64)
+        lam = log_snr(sched, t).double()
+        w_eps = time_weight("sigmoid", sched, t, b, "epsilon")
+        assert torch.allclose(w_eps, torch.sigmoid(b - lam), rtol=1e-9)
+        w_x0 = time_weight("sigmoid", sched, t, b, "sample")
+        assert torch.allclose(w_x0, math.exp(b) * torch.sigmoid(lam - b), rtol=1e-9)
+        a, s = sched.alpha(t).double(), sched.sigma(t).double()
+        g = torch.Generator().manual_seed(0)
+        x0, x0_hat, eps = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+        x_t = a[:, None] * x0 + s[:, None] * eps
+        eps_hat = (x_t - a[:, None] * x0_hat) / s[:, None]
+        v, v_hat = (a[:, None] * e - s[:, None] * x for e, x in ((eps, x0), (eps_hat, x0_hat)))
+        ref = w_x0 * ((x0 - x0_hat) ** 2).sum(1)
+        assert torch.allclose(w_eps * ((eps - eps_hat) ** 2).sum(1), ref, rtol=1e-9)
+        w_v = time_weight("sigmoid", sched, t, b, "v")
+        assert torch.allclose(w_v * ((v - v_hat) ** 2).sum(1), ref, rtol=1e-9)
+
+
 def test_time_weights():
     sched = make_schedule("cosine")
     t = torch.tensor([0.01, 0.5, 0.99])
     assert torch.equal(time_weight("uniform", sched, t), torch.ones(3))
-    w = time_weight("sigmoid", sched, t)
-    assert (w[1:] > w[:-1]).all() and w[-1] > 0.99 and w[0] < 0.01
+    w = time_weight("sigmoid", sched, t)  # on x0: clean times count, the noisiest hardly
+    assert (w[1:] < w[:-1]).all() and w[0] > 0.99 and w[-1] < 0.01
     with pytest.raises(ValueError, match="weighting"):
         time_weight("exp", sched, t)

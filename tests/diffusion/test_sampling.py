@@ -7,7 +7,7 @@ import torch
 
 from diffusion_policy_dist.diffusion.grids import time_grid
 from diffusion_policy_dist.diffusion.oracle import GaussianMixture
-from diffusion_policy_dist.diffusion.sampling import sample
+from diffusion_policy_dist.diffusion.sampling import SAMPLERS, sample
 from diffusion_policy_dist.diffusion.schedules import make_schedule, t_at_alpha
 
 N = 20000
@@ -189,6 +189,8 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="does not take"):
         sample(model, torch.randn(2, 2), schedule="cosine", method="ddim", steps=2, churn=1.0)
     with pytest.raises(ValueError, match="unknown sampler"):
+        sample(model, torch.randn(2, 2), schedule="cosine", method="heun", steps=2)
+    with pytest.raises(ValueError, match="needs the phase-space schedule"):
         sample(model, torch.randn(2, 2), schedule="cosine", method="euler", steps=2)
     with pytest.raises(ValueError, match="unknown schedule"):
         sample(model, torch.randn(2, 2), schedule="cosinus", method="ddim", steps=2)
@@ -208,3 +210,107 @@ def test_logsnr_grid_is_uniform_in_logsnr():
     lam = sched.log_snr(g[:-1])
     d = lam[1:] - lam[:-1]
     assert torch.allclose(d, d.mean().expand_as(d), rtol=1e-4)
+
+
+# ------------------------------------------------------------------ coefficients, one by one
+# Each bridge is x_s = k_x x_t + k_0 x0_hat + std z. The mixture oracle keeps the marginals for
+# any valid bridge, so it cannot see a wrong coefficient: these tests compute the papers'
+# formulas independently and compare them with the samplers' numbers.
+T, S = 0.7, 0.35  # one step between two interior times
+
+
+def alpha_sigma(sched, *ts):
+    return [
+        (float(sched.alpha(torch.tensor(u, dtype=torch.float64))),
+         float(sched.sigma(torch.tensor(u, dtype=torch.float64))))
+        for u in ts
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_ddpm_step_is_the_posterior_q_of_x_s_given_x_t_and_x0(schedule):
+    sched = make_schedule(schedule)
+    (a_t, s_t), (a_s, s_s) = alpha_sigma(sched, T, S)
+    a_ts = a_t / a_s  # the VP transition x_t | x_s ~ N(a_ts x_s, s_ts^2)
+    s_ts2 = s_t**2 - a_ts**2 * s_s**2
+    want = (a_ts * s_s**2 / s_t**2, a_s * s_ts2 / s_t**2, math.sqrt(s_ts2 * s_s**2 / s_t**2))
+    got = SAMPLERS["ddpm"]().coefs(sched, T, S)
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_eta_step_is_song_et_als(eta):
+    sched = make_schedule("cosine")
+    (a_t, s_t), (a_s, s_s) = alpha_sigma(sched, T, S)
+    c = eta * (s_s / s_t) * math.sqrt(1 - a_t**2 / a_s**2)  # DDIM's sigma_t(eta)
+    dir_ = math.sqrt(s_s**2 - c**2)  # weight of eps_hat = (x_t - a_t x0_hat) / s_t
+    want = (dir_ / s_t, a_s - dir_ * a_t / s_t, c)
+    got = SAMPLERS["ddim"](eta=eta).coefs(sched, T, S)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("churn", [0.0, 0.3, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("schedule", ["cosine", "flow"])
+def test_distributional_step_is_ddm_equation_4(churn, schedule):
+    """mu = rho (s_s/s_t) x_t + a_s (1 - rho r11) x0_hat, var = s_s^2 (1 - rho^2),
+    rho = eps^2 r11 + 1 - eps^2, r_ij = (a_t/a_s)^i (s_s/s_t)^j (De Bortoli et al. 2025)."""
+    sched = make_schedule(schedule)
+    (a_t, s_t), (a_s, s_s) = alpha_sigma(sched, T, S)
+    r11 = (a_t / a_s) * (s_s / s_t)
+    rho = churn**2 * r11 + 1 - churn**2
+    want = (rho * s_s / s_t, a_s * (1 - rho * r11), s_s * math.sqrt(1 - rho**2))
+    got = SAMPLERS["distributional"](churn=churn).coefs(sched, T, S)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    if churn == 1.0:  # the DDPM posterior
+        assert got == pytest.approx(SAMPLERS["ddpm"]().coefs(sched, T, S), rel=1e-9)
+
+
+def lambda_ddim_reference(sched, lam, t, s, n=200001):
+    """Pandey et al.'s lambda-DDIM step, x_s = (a_s/a_t)(1 - lam h) e^{lam h} x_t
+    - a_s (int_s^t e^{lam (u - s)} d rho_u) eps_hat, by a fine midpoint rule in u."""
+    u = torch.linspace(s, t, n, dtype=torch.float64)
+    rho = sched.sigma(u).double() / sched.alpha(u).double()
+    mid = 0.5 * (u[1:] + u[:-1])
+    integral = float((torch.exp(lam * (mid - s)) * (rho[1:] - rho[:-1])).sum())
+    (a_t, s_t), (a_s, _) = alpha_sigma(sched, t, s)
+    h = t - s
+    c_x = (a_s / a_t) * (1 - lam * h) * math.exp(lam * h)
+    # eps_hat = (x_t - a_t x0_hat) / s_t
+    return c_x - a_s * integral / s_t, a_s * integral * a_t / s_t
+
+
+@pytest.mark.parametrize("lam", [-0.5, -0.1, 0.2, 1.0])
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lambda_ddim_step_has_the_papers_coefficients(lam, schedule):
+    sched = make_schedule(schedule)
+    want = lambda_ddim_reference(sched, lam, T, S)
+    got = SAMPLERS["conjugate"](lam=lam, quad_points=2001).coefs(sched, T, S)
+    assert got[:2] == pytest.approx(want, rel=1e-6) and got[2] == 0.0
+    other = lambda_ddim_reference(sched, -lam, T, S)  # lambda's sign matters
+    assert abs(got[0] - other[0]) > 1e-3
+
+
+def test_lambda_ddim_fixed_reference_values():
+    """Numbers pinned from the formula (cosine schedule, 0.7 -> 0.35, 65-point default)."""
+    sched = make_schedule("cosine")
+    got = {lam: SAMPLERS["conjugate"](lam=lam).coefs(sched, T, S)[:2] for lam in (-0.5, 0.5)}
+    for lam, (k_x, k_0) in got.items():
+        want = lambda_ddim_reference(sched, lam, T, S)
+        assert (k_x, k_0) == pytest.approx(want, rel=2e-4), lam
+
+
+def test_lambda_ddim_starts_where_alpha_is_not_tiny():
+    """lam != 0 from t = 1 would multiply x_t by ~(a_s/a_t): it starts at alpha = alpha_min
+    instead; lam = 0 (DDIM) starts where asked. A user schedule with alpha(1) = 0 gives finite,
+    accurate samples at every NFE."""
+    sched = BareSchedule()
+    cfg = SAMPLERS["conjugate"](lam=0.1)
+    t0 = cfg.start_time(sched, 1.0)
+    assert float(sched.alpha(torch.tensor(t0))) == pytest.approx(0.02, rel=1e-4)
+    assert SAMPLERS["conjugate"](lam=0.0).start_time(sched, 1.0) == 1.0
+    gm = two_modes()
+    model = gm.as_model(sched, kind="mean")
+    x_T = torch.randn(4000, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for steps in (2, 4, 16):
+        x0, _ = sample(model, x_T, schedule=sched, method="conjugate", steps=steps, lam=0.1)
+        assert torch.isfinite(x0).all() and x0.abs().max() < 3.0, steps
