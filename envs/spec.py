@@ -171,3 +171,36 @@ def _make_gym(spec: Mapping[str, Any], render_mode: str | None) -> gym.Env:
     return GymAdapter(
         env, spec.get("obs_keys"), spec.get("success_key"), flatten=bool(spec.get("flatten"))
     )
+
+
+def env_mismatch(
+    obs_space: gym.Space, act_space: gym.Space, shape_meta: Mapping[str, Any]
+) -> str | None:
+    """Why an env cannot feed a policy with ``shape_meta`` (naming the key and both shapes), or
+    None when it fits. Cameras may come HWC from the env and are CHW in shape_meta; a key defined
+    as a slice (``source``, ``slice``) is checked against its source."""
+    action_dim = int(shape_meta["action"]["shape"][0])
+    if not isinstance(act_space, gym.spaces.Box) or act_space.shape != (action_dim,):
+        return (
+            f"action space {act_space} does not fit the policy's continuous actions of shape "
+            f"({action_dim},)"
+        )
+    if not isinstance(obs_space, gym.spaces.Dict):
+        return f"observation space {obs_space} is not a Dict of named observations"
+    for key, spec in shape_meta["obs"].items():
+        want = tuple(int(d) for d in spec["shape"])
+        src = spec.get("source", key)
+        if src not in obs_space.spaces:
+            return (
+                f"the policy needs observation {src!r} of shape {want}, the env provides "
+                f"{sorted(obs_space.spaces)}"
+            )
+        got = tuple(obs_space.spaces[src].shape or ())
+        if "slice" in spec:
+            if len(got) != 1 or got[0] < spec["slice"][1]:
+                return f"observation {src!r} has shape {got}; the policy takes {src}{spec['slice']}"
+            continue
+        hwc_ok = spec.get("type") == "rgb" and len(got) == 3 and (got[2], got[0], got[1]) == want
+        if got != want and not hwc_ok:
+            return f"observation {key!r} has shape {got}, the policy expects {want}"
+    return None

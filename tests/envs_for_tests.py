@@ -14,7 +14,10 @@ class CountdownEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}  # noqa: RUF012 (gymnasium convention)
 
-    def __init__(self, length=5, raise_seeds=(), die_seeds=(), reset_seeds=(), render_mode=None):
+    def __init__(
+        self, length=5, raise_seeds=(), die_seeds=(), reset_seeds=(), render_mode=None, score=False
+    ):
+        self.score = score
         self.observation_space = spaces.Dict({"state": spaces.Box(-10, 10, (3,), np.float32)})
         self.action_space = spaces.Box(-1, 1, (2,), np.float32)
         self.length, self.render_mode = length, render_mode
@@ -42,13 +45,10 @@ class CountdownEnv(gym.Env):
         if self.seed_ in self.die_seeds and self.t == 2:
             os._exit(13)
         done = self.t >= self.length
-        return (
-            self._obs(),
-            float(done),
-            done,
-            False,
-            {"is_success": done, "mode": int(self.seed_ % 2)},
-        )
+        info = {"is_success": done, "mode": int(self.seed_ % 2)}
+        if self.score:  # rises to 0.5 at step 2, then falls: a score is the episode's best
+            info["score"] = 0.5 - 0.1 * abs(self.t - 2)
+        return self._obs(), float(done), done, False, info
 
     def render(self):
         return np.full((8, 8, 3), 10 * self.t, np.uint8)
@@ -158,3 +158,23 @@ class FaultEnv(CountdownEnv):
 def faulty(render=False, **kwargs):
     """An env factory for :class:`FaultEnv`."""
     return FaultEnv(render_mode="rgb_array" if render else None, **kwargs)
+
+
+class FetchReachExpert:
+    """A user's expert for FetchReach (what ``dpd collect expert=module:function`` calls):
+    moves the gripper straight to the goal."""
+
+    def __init__(self, seed=None):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, env):
+        return -1  # one strategy: no behaviour modes
+
+    def act(self, env):
+        obs = env.unwrapped._get_obs()
+        delta = np.clip(10 * (obs["desired_goal"] - obs["observation"][:3]), -1, 1)
+        return np.append(delta, 0.0).astype(np.float32)
+
+
+def fetch_reach_expert(seed=None):
+    return FetchReachExpert(seed)

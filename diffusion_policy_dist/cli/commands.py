@@ -65,51 +65,27 @@ def train(cfg) -> int:
 
 
 def collect(cfg: CollectRun) -> dict[str, Any]:
-    from ..data.collect import collect as run_collect
+    from ..data.collect import Source, collect_from
+    from ..env_options import env_spec, trust_of
+    from ..envs.spec import task_env_spec
 
-    suffix = "_image" if cfg.obs == "image" else ""
-    out = cfg.output or f"data/{cfg.task}{suffix}.zarr"
-    summary = run_collect(
-        cfg.task,
-        cfg.episodes,
-        out,
-        obs=cfg.obs,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        image_size=cfg.image_size,
-        progress=cfg.progress,
-    )
+    if cfg.task in ("gym", "python"):
+        spec = env_spec(cfg.task, None, cfg.env)
+        if not cfg.expert:
+            raise ValueError(f"task={cfg.task} has no scripted expert; name one: expert=module:fn")
+        expert, name = cfg.expert, str(spec.get("env_id") or "env").replace("/", "_")
+    else:
+        spec = task_env_spec(cfg.task, cfg.obs, cfg.image_size)
+        expert, name = cfg.expert or f"task:{cfg.task}", cfg.task
+    out = cfg.output or f"data/{name}{'_image' if cfg.obs == 'image' else ''}.zarr"
+    source = Source(spec, expert, trust_of(cfg.env, cfg.expert))
+    summary = collect_from(source, cfg.episodes, out, cfg.seed, cfg.workers, cfg.progress)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return summary
 
 
-def env_spec_for(cfg: EvalRun, ckpt_env: dict[str, Any] | None) -> dict[str, Any]:
-    """The env to evaluate in: the checkpoint's, a registry task, or any gymnasium env."""
-    from ..envs.spec import gym_env_spec, migrate_spec, task_env_spec
-
-    if cfg.task is None:
-        if not ckpt_env:
-            raise ValueError(
-                "the checkpoint records no env (its dataset had no 'env' attribute); "
-                "pass task=<name> or task=gym env.id=<id>"
-            )
-        spec = migrate_spec(ckpt_env)
-        if cfg.obs and spec.get("kind") == "task":
-            spec = task_env_spec(spec["task"], cfg.obs, spec.get("image_size", 96))
-        return spec
-    if cfg.task == "gym":
-        e = cfg.env
-        if not e.id:
-            raise ValueError("task=gym needs env.id=<registered gymnasium id>")
-        return gym_env_spec(
-            e.id, e.obs_keys, e.success_key, e.module, e.kwargs, e.max_episode_steps, e.flatten
-        )
-    base = migrate_spec(ckpt_env or {})
-    return task_env_spec(cfg.task, cfg.obs or base.get("obs", "state"), base.get("image_size", 96))
-
-
 def evaluate(cfg: EvalRun) -> dict[str, Any]:
-    from ..envs.spec import Trust
+    from ..env_options import env_spec, trust_of
     from ..envs.workers import EnvSource
     from ..evaluation import evaluate as run_eval
     from ..evaluation import format_summary
@@ -119,11 +95,13 @@ def evaluate(cfg: EvalRun) -> dict[str, Any]:
         cfg.checkpoint, use_ema=cfg.use_ema, device=resolve_device(cfg.device)
     )
     sampler = cfg.sampler if cfg.sampler is not None else policy.sampler_cfg
-    spec = env_spec_for(cfg, ckpt.meta.get("env"))
-    trust = Trust(
-        modules=frozenset([cfg.env.module] if cfg.env.module else []),
-        factories=frozenset([cfg.env.factory] if cfg.env.factory else []),
-    )
+    spec = env_spec(cfg.task, cfg.obs, cfg.env, ckpt.meta.get("env"))
+    if spec is None:
+        raise ValueError(
+            "the checkpoint records no env (train with task=<name> or task=gym env.id=..., or "
+            "on a dataset that records its env); pass task=<name> or task=gym env.id=<id>"
+        )
+    trust = trust_of(cfg.env)
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path
     out = cfg.output_dir or str(Path(run_dir) / "eval" / f"{sampler.kind}-{sampler.steps}")
     result = run_eval(

@@ -7,30 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..env_options import OBS_ALIASES, EnvOptions
 from ..evaluation.config import EvalConfig
-
-OBS_ALIASES = {"lowdim": "state"}  # the spelling of version 0.1
 
 
 def _obs(value: str | None) -> str | None:
     return OBS_ALIASES.get(value, value) if value is not None else None
-
-
-@dataclass
-class EnvOptions:
-    """A gymnasium env (``task=gym``): ``id``; ``obs_keys`` (Dict keys to keep, under their own
-    names; ``flatten`` concatenates them into one ``state``); ``success_key`` (null:
-    ``info["is_success"]``, else ``info["success"]``); ``module`` to import first (a package you
-    trust); ``factory`` (``module:function``, with ``task=python``); ``kwargs`` for it."""
-
-    id: str | None = None
-    obs_keys: list[str] | None = None
-    flatten: bool = False
-    success_key: str | None = None
-    module: str | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    max_episode_steps: int | None = None
 
 
 @dataclass
@@ -54,10 +36,14 @@ class EvalRun:
 
 @dataclass
 class CollectRun:
-    """``dpd collect``: scripted-expert demonstrations of a task into a zarr dataset (null
-    output: ``data/<task>.zarr``, ``data/<task>_image.zarr`` for ``obs=image``)."""
+    """``dpd collect``: scripted-expert demonstrations into a zarr dataset (null output:
+    ``data/<task>.zarr``, ``data/<task>_image.zarr`` for ``obs=image``). A registry task brings
+    its expert; for ``task=gym`` (or ``python``) name yours: ``expert=module:function``, where
+    ``function(seed=...)`` returns an object with ``reset(env) -> mode`` and ``act(env)``."""
 
     task: str = "obstacle_avoid"
+    env: EnvOptions = field(default_factory=EnvOptions)
+    expert: str | None = None
     episodes: int = 100
     output: str | None = None
     obs: str = "state"

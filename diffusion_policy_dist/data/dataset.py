@@ -8,6 +8,7 @@ stored HWC, served CHW as uint8), the rest ``low_dim``.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -69,10 +70,57 @@ def default_obs_keys(buffer: ReplayBuffer, action_key: str = "action") -> list[s
     return keep
 
 
+_OBS_ENTRY = re.compile(
+    r"^(?:(?P<name>[\w.-]+)=)?(?P<key>[\w.-]+)(?:\[(?P<a>-?\d*):(?P<b>-?\d*)\])?$"
+)
+
+
+def parse_obs_key(entry: str) -> tuple[str, str, tuple[int | None, int | None] | None]:
+    """``"agent_pos=state[0:2]"`` -> ``("agent_pos", "state", (0, 2))``; ``"state[:2]"`` names
+    the slice after its key; ``"image"`` -> ``("image", "image", None)``."""
+    m = _OBS_ENTRY.match(str(entry).strip())
+    if m is None:
+        raise ValueError(
+            f"observation key {entry!r}: expected 'key', 'key[a:b]' or 'name=key[a:b]'"
+        )
+    key, a, b = m["key"], m["a"], m["b"]
+    cut = None if a is None else (int(a) if a else None, int(b) if b else None)
+    return m["name"] or key, key, cut
+
+
+def obs_entries(shape_meta: Mapping[str, Any]) -> list[str]:
+    """The ``dataset.obs_keys`` entries a shape_meta was inferred from (inverse of the above)."""
+    out = []
+    for key, spec in shape_meta["obs"].items():
+        if "source" in spec:
+            a, b = spec["slice"]
+            out.append(f"{key}={spec['source']}[{a}:{b}]")
+        else:
+            out.append(key)
+    return out
+
+
+def _sliced_spec(buffer: ReplayBuffer, name: str, key: str, cut) -> dict[str, Any]:
+    shape = buffer.shape(key)
+    if len(shape) != 1 or _is_image(shape, buffer.dtype(key)):
+        raise DatasetError(
+            f"{buffer.path}: {name}={key}[...]: only 1-D low-dim arrays can be sliced; "
+            f"data/{key} has per-step shape {shape}"
+        )
+    a, b, _ = slice(*cut).indices(shape[0])
+    if b <= a:
+        raise DatasetError(f"{buffer.path}: {key}[{cut[0]}:{cut[1]}] of shape {shape} is empty")
+    return {"shape": [b - a], "type": "low_dim", "source": key, "slice": [a, b]}
+
+
 def infer_shape_meta(
     buffer: ReplayBuffer, obs_keys: Sequence[str] | None = None, action_key: str = "action"
 ) -> dict[str, Any]:
-    """``{"obs": {key: {"shape", "type"}}, "action": {"shape"}}`` from the buffer's arrays."""
+    """``{"obs": {key: {"shape", "type"}}, "action": {"shape"}}`` from the buffer's arrays.
+    ``obs_keys`` entries may name a slice of a key: ``"agent_pos=state[0:2]"`` (the entry then
+    records ``source`` and ``slice``, applied alike to data and to an env's observations)."""
+    parsed = [parse_obs_key(e) for e in obs_keys] if obs_keys is not None else None
+    obs_keys = [p[1] for p in parsed] if parsed is not None else None
     keys = buffer.keys()
     if buffer.n_episodes == 0 and not keys:
         raise DatasetError(f"{buffer.path}: the dataset is empty (no episodes, no data/ arrays)")
@@ -98,13 +146,15 @@ def infer_shape_meta(
             f"got per-step shape {a_shape}"
         )
     obs = {}
-    for k in obs_keys:
+    for name, k, cut in parsed or [(k, k, None) for k in obs_keys]:
         shape, dtype = buffer.shape(k), buffer.dtype(k)
-        if _is_image(shape, dtype):
+        if cut is not None:
+            obs[name] = _sliced_spec(buffer, name, k, cut)
+        elif _is_image(shape, dtype):
             h, w, c = shape
-            obs[k] = {"shape": [c, h, w], "type": "rgb"}
+            obs[name] = {"shape": [c, h, w], "type": "rgb"}
         else:
-            obs[k] = {"shape": list(shape), "type": "low_dim"}
+            obs[name] = {"shape": list(shape), "type": "low_dim"}
     return {"obs": obs, "action": {"shape": list(a_shape)}}
 
 
@@ -115,6 +165,8 @@ def check_shape_meta(expected: Mapping[str, Any], got: Mapping[str, Any], where:
         out = {"action": tuple(sm["action"]["shape"])}
         for k, v in sm["obs"].items():
             out[f"obs.{k}"] = (tuple(v["shape"]), v.get("type", "low_dim"))
+            if "source" in v:
+                out[f"obs.{k}"] += (f"{v['source']}[{v['slice'][0]}:{v['slice'][1]}]",)
         return out
 
     a, b = flat(expected), flat(got)
@@ -125,6 +177,18 @@ def check_shape_meta(expected: Mapping[str, Any], got: Mapping[str, Any], where:
             if a.get(k) != b.get(k)
         ]
         raise ValueError(f"shape_meta mismatch ({where}):\n" + "\n".join(diff))
+
+
+def _load_obs(buffer: ReplayBuffer, shape_meta: Mapping[str, Any], action_key: str) -> dict:
+    """Every observation (sliced where shape_meta says so) and the actions, in memory."""
+    specs = shape_meta["obs"]
+    sources = {spec.get("source", k) for k, spec in specs.items()}
+    raw = buffer.load(sorted(sources | {action_key}))
+    data = {action_key: raw[action_key]}
+    for k, spec in specs.items():
+        src = raw[spec.get("source", k)]
+        data[k] = np.ascontiguousarray(src[:, slice(*spec["slice"])]) if "slice" in spec else src
+    return data
 
 
 class SequenceDataset(Dataset):
@@ -155,13 +219,10 @@ class SequenceDataset(Dataset):
         self.obs_keys = sorted(shape_meta["obs"])
         if buffer.n_episodes == 0:
             raise DatasetError(f"{buffer.path}: the dataset has no episodes")
-        check_shape_meta(
-            shape_meta,
-            infer_shape_meta(buffer, self.obs_keys, action_key),
-            f"dataset {buffer.path}",
-        )
+        inferred = infer_shape_meta(buffer, obs_entries(shape_meta), action_key)
+        check_shape_meta(shape_meta, inferred, f"dataset {buffer.path}")
         if data is None:  # a validation split shares the training split's arrays
-            self.data = buffer.load([*self.obs_keys, action_key])
+            self.data = _load_obs(buffer, shape_meta, action_key)
             self._check_finite(buffer)
         else:
             self.data = dict(data)

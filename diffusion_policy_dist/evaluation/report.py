@@ -24,11 +24,20 @@ def episode_stats(records: Sequence[Mapping[str, Any]], mode_names) -> dict[str,
         "successes": successes,
         "mode_freq": mode_frequencies([r["mode"] for r in records if r["success"]], mode_names),
         "mean_return": float(np.mean([r["return"] for r in records])) if n else 0.0,
+        "mean_score": _mean_score(records),
         "mean_length": float(np.mean([r["length"] for r in records])) if n else 0.0,
         "crashed": len(failed),
         "failures_by_reason": dict(collections.Counter(r["reason"] for r in failed)),
         "mode_freq_all": mode_frequencies([r["mode"] for r in records], mode_names),
     }
+
+
+def _mean_score(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean over episodes of the env's episode score (its running max, e.g. Push-T's
+    clip(coverage / 0.95, 0, 1)); None for envs without a score. A failed episode scores 0."""
+    if not records or all(r.get("score") is None for r in records):
+        return None
+    return float(np.mean([r.get("score") or 0.0 for r in records]))
 
 
 def rates(latency: Mapping[str, Any], n_action_steps: int) -> dict[str, float]:
@@ -68,6 +77,7 @@ def build_result(
         **rates(latency, run["n_action_steps"]),
         "batch_latency_ms_p50": percentiles(run["chunk_ms"])["p50"],
         **{k: stats[k] for k in ("mean_return", "mean_length", "crashed", "mode_freq_all")},
+        "mean_score": stats["mean_score"],
         "failures_by_reason": stats["failures_by_reason"],
         **{k: run[k] for k in ("env", "seeds", "n_envs", "n_action_steps", "device")},
         "torch_threads": run["torch_threads"],
@@ -100,6 +110,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
         ),
         ("mean return / length", f"{result['mean_return']:.3f} / {result['mean_length']:.1f}"),
     ]
+    if result.get("mean_score") is not None:
+        rows.append(("score", f"{result['mean_score']:.3f} (mean of each episode's best)"))
     if result.get("mode_freq"):
         rows.append(("modes (successes)", format_modes(result["mode_freq"])))
     if result.get("demo_mode_freq"):

@@ -15,38 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-from ..policy.queues import ActionQueue, ObsHistory, camera_chw
+from ..policy.queues import ActionQueue, ObsHistory, camera_chw, select_obs
 from .pool import EnvPool
 
 LOST = ("worker_died", "timeout")  # failure reasons after which the pool replaced the worker
-
-
-def env_mismatch(obs_space: gym.Space, act_space: gym.Space, policy) -> str | None:
-    """Why the env cannot run the policy (named key and both shapes), or None when it fits.
-    Cameras may come HWC from the env and are CHW in the policy's shape_meta."""
-    if not isinstance(act_space, gym.spaces.Box) or act_space.shape != (policy.action_dim,):
-        return (
-            f"action space {act_space} does not fit the policy's continuous actions of shape "
-            f"({policy.action_dim},)"
-        )
-    if not isinstance(obs_space, gym.spaces.Dict):
-        return f"observation space {obs_space} is not a Dict of named observations"
-    for key, spec in policy.shape_meta["obs"].items():
-        want = tuple(int(d) for d in spec["shape"])
-        if key not in obs_space.spaces:
-            return (
-                f"the policy needs observation {key!r} of shape {want}, the env provides "
-                f"{sorted(obs_space.spaces)}"
-            )
-        got = tuple(obs_space.spaces[key].shape or ())
-        hwc_ok = spec.get("type") == "rgb" and len(got) == 3 and (got[2], got[0], got[1]) == want
-        if got != want and not hwc_ok:
-            return f"observation {key!r} has shape {got}, the policy expects {want}"
-    return None
 
 
 @dataclass
@@ -58,6 +33,7 @@ class _Slot:
     ret: float = 0.0
     length: int = 0
     success: bool = False
+    score: float | None = None  # running max of info["score"] (e.g. Push-T's coverage score)
 
 
 class Rollout:
@@ -114,7 +90,7 @@ class Rollout:
         for i, (obs, info) in self.pool.reset(resets).items():
             slot = self.slots[i]
             slot.episode, slot.running = assign[i], True
-            slot.ret, slot.length, slot.success = 0.0, 0, False
+            slot.ret, slot.length, slot.success, slot.score = 0.0, 0, False, None
             slot.history.reset()
             slot.queue.reset()
             if info.get("crashed"):
@@ -125,9 +101,8 @@ class Rollout:
     def _batch_obs(self, which: list[int]) -> dict[str, torch.Tensor]:
         """The policy's ``{key: [B, To, *shape]}`` for the slots ``which``."""
         hist = [self.slots[i].history.stacked() for i in which]
-        keys = self.policy.shape_meta["obs"]
-        obs = {k: np.concatenate([h[k] for h in hist]) for k in keys}
-        obs = camera_chw(obs, self.policy.shape_meta)
+        obs = {k: np.concatenate([h[k] for h in hist]) for k in hist[0]}
+        obs = camera_chw(select_obs(obs, self.policy.shape_meta), self.policy.shape_meta)
         dev = self.policy.device
         return {k: torch.as_tensor(np.ascontiguousarray(v), device=dev) for k, v in obs.items()}
 
@@ -157,6 +132,8 @@ class Rollout:
             slot.ret += float(rew)
             slot.length += 1
             slot.success |= bool(info.get("is_success", False))
+            if info.get("score") is not None and not info.get("crashed"):
+                slot.score = max(float(info["score"]), slot.score or 0.0)
             if info.get("crashed") or info.get("done"):
                 self._finish(i, info)
             else:
@@ -169,6 +146,7 @@ class Rollout:
             "episode": ep,
             "seed": self.seeds[ep],
             "success": slot.success and not crashed,
+            "score": (0.0 if crashed else slot.score) if slot.score is not None else None,
             "return": slot.ret,
             "length": slot.length,
             "mode": -1 if crashed else int(info.get("mode", -1)),

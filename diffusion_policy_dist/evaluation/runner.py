@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..envs.spec import env_mismatch
 from ..envs.workers import EnvSource
 from ..files import write_json_atomic
 from ..policy.config import build_config, to_dict
@@ -27,7 +28,7 @@ from .config import EvalConfig
 from .latency import measure_latency, not_measured, trials_for
 from .pool import EnvPool
 from .report import build_result, episode_stats
-from .rollout import Rollout, env_mismatch
+from .rollout import Rollout
 from .video import write_video
 
 
@@ -76,7 +77,7 @@ def _video_writer(pool: EnvPool, source: EnvSource, cfg: EvalConfig, out_dir: Pa
 
 def _roll_out(policy, pool, source, sc, cfg, out_dir) -> Rollout:
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
-    msg = env_mismatch(pool.observation_space, pool.action_space, policy)
+    msg = env_mismatch(pool.observation_space, pool.action_space, policy.shape_meta)
     if msg:
         raise ValueError(f"env {source.label}: {msg} (the policy's shape_meta comes from its data)")
     gen = torch.Generator(device=policy.device).manual_seed(cfg.policy_seed)

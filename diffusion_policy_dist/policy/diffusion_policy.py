@@ -25,7 +25,7 @@ from ..models.unet1d import ConditionalUnet1D
 from ..window import Window
 from .config import PolicyConfig, build_choice, policy_config
 from .denoisers import DENOISERS, state_channels
-from .queues import ActionQueue, ObsHistory, camera_chw
+from .queues import ActionQueue, ObsHistory, camera_chw, select_obs
 
 
 def sampler_options(sampler: SamplerConfig | Mapping[str, Any]) -> SamplerConfig:
@@ -227,13 +227,15 @@ class DiffusionPolicy(nn.Module):
         self, obs: Mapping[str, Any], generator: torch.Generator | None = None
     ) -> Tensor:
         """One action ``[B, Da]`` for the current observation ``{key: [B, *shape]}`` (cameras
-        ``[B, C, H, W]`` or ``[B, H, W, C]``).
+        ``[B, C, H, W]`` or ``[B, H, W, C]``; an env's own keys are fine: keys the policy defines
+        as slices are cut from them, see :func:`select_obs`).
 
         Plans a chunk when the action queue is empty and executes it for ``n_action_steps``
         calls. At an episode start the history is padded by repeating the first observation,
         exactly as the dataset pads training windows.
         """
-        obs = camera_chw({k: torch.as_tensor(v) for k, v in obs.items()}, self.shape_meta)
+        obs = select_obs({k: torch.as_tensor(v) for k, v in obs.items()}, self.shape_meta)
+        obs = camera_chw(obs, self.shape_meta)
         self._history.push(obs)
         if not len(self._queue):
             chunk = self.predict_action(self._history.stacked(), generator=generator)["action"]

@@ -42,6 +42,26 @@ def camera_chw(obs: Mapping[str, Any], shape_meta: Mapping[str, Any]) -> dict[st
     return out
 
 
+def select_obs(obs: Mapping[str, Any], shape_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy's observations from an env's ``{key: [..., *shape]}``: each key of
+    ``shape_meta["obs"]``, taken as is or, for a key defined as a slice of another
+    (``"agent_pos=state[0:2]"``), cut from its source, exactly as the dataset did."""
+    out = {}
+    for key, spec in shape_meta["obs"].items():
+        if key in obs:
+            out[key] = obs[key]
+        elif "source" in spec and spec["source"] in obs:
+            a, b = spec["slice"]
+            out[key] = obs[spec["source"]][..., a:b]
+        else:
+            raise KeyError(
+                f"the policy needs observation {key!r}"
+                + (f" (from {spec['source']!r})" if "source" in spec else "")
+                + f"; got keys {sorted(obs)}"
+            )
+    return out
+
+
 class ObsHistory:
     """The last ``n_obs_steps`` observations ``{key: [B, *shape]}`` (numpy or torch)."""
 

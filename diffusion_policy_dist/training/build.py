@@ -66,13 +66,33 @@ def build_policy_and_data(run: TrainRun):
     return policy, train_set, val_set, buffer, shape_meta
 
 
+def run_env_spec(run: TrainRun, buffer, shape_meta) -> dict[str, Any] | None:
+    """The env the checkpoint records: the one named on the command line (checked against the
+    dataset's observations and actions now, not at evaluation) or the dataset's."""
+    from ..env_options import env_spec, trust_of
+
+    spec = env_spec(run.task, run.obs, run.env, buffer.attrs.get("env"))
+    if run.task is not None:
+        from ..envs.spec import env_mismatch, make_env
+
+        env = make_env(spec, trust=trust_of(run.env))
+        try:
+            msg = env_mismatch(env.observation_space, env.action_space, shape_meta)
+        finally:
+            env.close()
+        if msg:
+            raise ValueError(f"the env {run.task} {spec.get('env_id', '')} does not fit "
+                             f"dataset {buffer.path}: {msg}")  # fmt: skip
+    return spec
+
+
 def _run_meta(run: TrainRun, policy, buffer, train_set, val_set, device) -> dict[str, Any]:
     """What a checkpoint says about itself besides its weights."""
     return {
         "shape_meta": policy.shape_meta,
         "window": to_dict(policy.window),
         "policy": to_dict(policy.cfg),
-        "env": dict(buffer.attrs.get("env") or {}) or None,
+        "env": run_env_spec(run, buffer, policy.shape_meta),
         "demo_mode_freq": buffer.mode_frequencies(),
         "dataset": {
             "path": os.path.abspath(buffer.path),

@@ -13,6 +13,7 @@ from typing import Any
 from ..diffusion.losses import EnergyLoss
 from ..diffusion.sampling import DistributionalSampler
 from ..diffusion.schedules import CosineSchedule
+from ..env_options import EnvOptions
 from ..policy.config import NetworkConfig, PolicyConfig, PolicyOptions
 from ..window import Window
 
@@ -116,7 +117,8 @@ class TrainConfig:
 class TrainRun:
     """Everything ``dpd train`` needs. ``network``, ``schedule``, ``loss`` and ``sampler`` (the
     checkpoint's default sampler) are config groups of their own; :meth:`policy_config` joins
-    them with ``policy``."""
+    them with ``policy``. ``task``/``obs``/``env`` name the env the checkpoint records for
+    evaluation (null: the one the dataset records), e.g. ``task=gym env.id=FetchPush-v4``."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     window: Window = field(default_factory=Window)
@@ -130,6 +132,9 @@ class TrainRun:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    task: str | None = None
+    obs: str | None = None
+    env: EnvOptions = field(default_factory=EnvOptions)
 
     def __post_init__(self) -> None:
         if self.threads is not None:

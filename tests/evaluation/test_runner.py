@@ -92,24 +92,31 @@ def test_latency_and_nfe_are_reported(tmp_path):
     assert math.isfinite(res["control_rate_hz"])
 
 
-def test_videos_of_the_first_episodes(tmp_path):
-    evaluate(
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_videos_hold_the_first_episodes_whole_however_many_envs_run(tmp_path, vector):
+    from PIL import Image, ImageSequence
+
+    cfg = {"episodes": 5, "n_envs": 2, "vector": vector, "video": 3, "latency_trials": 0}
+    evaluate(tiny_policy(), countdown_spec(), {**cfg, "progress": False}, output_dir=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert names == ["episode_000.gif", "episode_001.gif", "episode_002.gif"]
+    for name in names:  # the reset frame and one per step (CountdownEnv: 5 steps), in order
+        frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(
+            tmp_path / "videos" / name))]  # fmt: skip
+        assert len(frames) == 6, name
+        assert [int(f[0, 0, 0]) for f in frames] == [0, 10, 20, 30, 40, 50], name
+
+
+def test_an_env_score_is_reported(tmp_path):
+    """Envs that report info["score"] (Push-T's clip(coverage / 0.95, 0, 1)) get each episode's
+    best score and its mean over episodes."""
+    res = evaluate(
         tiny_policy(),
-        countdown_spec(),
-        {
-            "episodes": 3,
-            "n_envs": 2,
-            "vector": "sync",
-            "video": 2,
-            "latency_trials": 1,
-            "progress": False,
-        },
-        output_dir=tmp_path,
+        countdown_spec(score=True),
+        {"episodes": 3, "n_envs": 2, "vector": "sync", "latency_trials": 0, "progress": False},
     )
-    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [
-        "episode_000.gif",
-        "episode_001.gif",
-    ]
+    assert [r["score"] for r in res["per_episode"]] == [0.5, 0.5, 0.5]  # the max, not the last
+    assert res["mean_score"] == pytest.approx(0.5)
 
 
 def test_gym_env_by_id_and_action_space_check():
