@@ -1,5 +1,10 @@
 """Schemas of ``dpd bench`` and ``dpd demo``; their presets are in ``configs/bench.yaml`` and
-``configs/demo.yaml``."""
+``configs/demo.yaml``.
+
+Every budget is work, never wall-clock: each model trains for ``steps`` optimizer steps of
+``batch_rows`` network rows (a distributional model's batch is ``batch_rows / m`` examples of
+``m`` generator samples), so equal steps are equal compute, whatever the machine's load.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +12,73 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OBS_ALIASES = {"lowdim": "state"}  # the spelling of version 0.1
+MODELS = ("ddpm", "distributional", "psld_mean", "psld_distributional")
 
 
 @dataclass
 class BenchPreset:
-    """One benchmark size. Every model of a task is trained with the same UNet (``network``)
-    and budget; ``batch_mean`` examples per step for the mean model, ``batch_distributional``
-    examples x ``m`` generator samples for the distributional one. Evaluated at every NFE in
-    ``nfe``; conjugate's lambda tuned on ``val_episodes`` validation seeds over ``lambdas``.
-    ``image``: settings replaced for ``obs=image``."""
+    """One benchmark size.
 
+    - ``tasks``: what ``task=all`` runs; ``task_settings``: per-task replacements of these
+      fields (e.g. Push-T's steps, or its evaluation seeds ``eval_seed: 100000``).
+    - ``models`` (see :data:`MODELS`) share the UNet ``network``, ``steps`` and ``batch_rows``;
+      each is trained once per seed in ``seeds``.
+    - ``samplers``: what to evaluate, as ``kind-steps[@option=value,...]`` strings (e.g.
+      ``ddpm-100``, ``distributional-2@churn=1``); null runs the sweep: every NFE in ``nfe`` for
+      DDPM/DDIM/conjugate (lambda tuned on ``val_episodes`` validation seeds over ``lambdas``)
+      and distributional at each churn, plus the phase-space samplers for psld models.
+    - ``priors``: alphas of truncated-diffusion priors fitted to the trained models (with
+      ``prior_steps`` steps), each evaluated with distributional and DDIM at ``prior_nfe``.
+    - ``curve_points``: checkpoints along each run evaluated on ``curve_episodes`` validation
+      episodes (the convergence curve, with the validation loss).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["obstacle_avoid", "block_push", "pick_place"])
     demos: int = 100
-    train_budget_s: float = 120.0
     network: str = "small"
-    batch_mean: int = 256
-    batch_distributional: int = 32
+    steps: int = 500
+    batch_rows: int = 256
     m: int = 8
+    seeds: list[int] = field(default_factory=lambda: [0])
+    models: list[str] = field(default_factory=lambda: ["ddpm", "distributional"])
+    samplers: list[str] | None = None
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 100])
     churns: list[float] = field(default_factory=lambda: [0.0, 1.0])
     lambdas: list[float] = field(
         default_factory=lambda: [-1.0, -0.5, -0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 1.0]
     )
     lambdas_at_100: list[float] = field(default_factory=lambda: [-0.1, 0.0, 0.1])
+    priors: list[float] = field(default_factory=list)
+    prior_steps: int = 1000
+    prior_nfe: list[int] = field(default_factory=lambda: [1, 2, 4])
     test_episodes: int = 50
     val_episodes: int = 20
-    threads: int | None = 2
+    eval_seed: int | None = None
+    curve_points: int = 0
+    curve_episodes: int = 20
+    threads: int | None = None
     image_size: int = 96
     crop_shape: list[int] | None = None
     num_workers: int = 0
     image: dict[str, Any] = field(default_factory=dict)
+    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.models if m not in MODELS]
+        if bad:
+            raise ValueError(f"bench models {bad} unknown; choose from {list(MODELS)}")
+        if self.batch_rows % self.m:
+            raise ValueError(f"batch_rows={self.batch_rows} must be a multiple of m={self.m}")
+        if self.steps < 1 or not self.seeds:
+            raise ValueError("a preset needs steps >= 1 and at least one seed")
 
 
 @dataclass
 class BenchRun:
-    """``dpd bench``: ``task`` (all, one, or a comma list), ``preset``, ``obs`` (state | image),
-    where results go and where datasets and checkpoints are kept (reused by a re-run).
-    ``report_only``: rewrite tables and plots from the stored results."""
+    """``dpd bench``: ``task`` (all: the preset's tasks, one, or a comma list), ``preset``,
+    ``obs`` (state | image), where results go (``output_dir``; a preset other than quick writes
+    under ``output_dir/<preset>``) and where datasets and checkpoints are kept (reused by a
+    re-run). ``report_only``: rewrite tables and plots from the stored results."""
 
     task: str = "all"
     preset: str = "quick"
@@ -61,19 +97,20 @@ class BenchRun:
 
 @dataclass
 class DemoRun:
-    """``dpd demo``: collect, train the distributional policy and the DDPM baseline, evaluate,
-    plot and film, on one task."""
+    """``dpd demo``: collect, train the distributional policy and the DDPM baseline with the
+    same work (``steps`` of ``batch_rows`` network rows), evaluate distributional-1/2 against
+    DDPM-100 and DDIM-1, plot and film, on one task."""
 
     task: str = "obstacle_avoid"
     demos: int = 100
-    train_budget_s: float = 150.0
+    steps: int = 1200
+    batch_rows: int = 256
+    m: int = 8
     network: str = "small"
-    batch_mean: int = 256
-    batch_distributional: int = 32
     episodes: int = 50
     video_episodes: int = 3
     output_dir: str = "outputs/demo"
     workers: int = 2
-    threads: int | None = 2
+    threads: int | None = None
     device: str = "auto"
     progress: bool = True

@@ -17,29 +17,64 @@ from diffusion_policy_dist.provenance import header
 from diffusion_policy_dist.stats import format_modes
 from diffusion_policy_dist.training.checkpoint import read_meta
 
+# model -> its policy preset (configs/policy/<name>.yaml)
+POLICY_PRESETS = {"ddpm": "ddpm", "distributional": "distributional"}
+POLICY_PRESETS |= {"psld_mean": "psld_mean", "psld_distributional": "psld_distributional"}
 
-def budget_train_overrides(
+
+def work_train_overrides(
     data: str | Path,
+    model: str,
     network: str,
-    budget_s: float,
-    device: Any,
-    progress: bool,
+    steps: int,
+    batch_rows: int,
+    m: int,
+    seed: int = 0,
+    keep: int = 0,
+    device: Any = "auto",
+    progress: bool = True,
     threads: int | None = None,
 ) -> list[str]:
-    """``dpd train`` overrides shared by every model of a comparison: the dataset, the network
-    size and a wall-clock budget (the step count follows from it), one final checkpoint."""
+    """``dpd train`` overrides for one model of a comparison. Every model gets the same work:
+    ``steps`` optimizer steps of ``batch_rows`` network rows (``loss.m`` rows per example for a
+    distributional model), so equal steps are equal compute. ``keep`` > 0 keeps that many
+    checkpoints along the run (for the convergence curve)."""
     out = [
         f"dataset.path={data}",
+        f"policy={POLICY_PRESETS[model]}",
         f"network={network}",
-        "training.steps=100000000",
-        f"training.time_budget_s={budget_s}",
-        "training.checkpoint_every=100000000",
+        f"training.steps={steps}",
+        f"training.batch_rows={batch_rows}",
+        f"training.val_every={max(1, steps // 20)}",
+        f"training.log_every={max(1, steps // 50)}",
+        f"training.checkpoint_every={max(1, steps // max(keep, 1))}",
+        f"seed={seed}",
         f"device={device}",
         f"training.progress={str(progress).lower()}",
     ]
+    if keep:
+        out.append(f"training.keep_every={max(1, steps // keep)}")
+    if model in ("distributional", "psld_distributional"):
+        out.append(f"loss.m={m}")
     if threads:
         out.append(f"threads={threads}")
     return out
+
+
+def still_falling(metrics_path: str | Path, tail: float = 0.25, rel: float = 0.05) -> float | None:
+    """Relative drop of the validation loss over the last ``tail`` of a run, when it exceeds
+    ``rel`` (the model is still learning: call it undertrained); None when it has flattened."""
+    import json
+
+    vals = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if "val_loss" in x]
+    if len(vals) < 4:
+        return None
+    last = vals[-1]["step"]
+    early = [v["val_loss"] for v in vals if v["step"] <= (1 - tail) * last]
+    if not early:
+        return None
+    drop = (early[-1] - vals[-1]["val_loss"]) / max(abs(early[-1]), 1e-12)
+    return drop if drop > rel else None
 
 
 def train_run(
@@ -85,10 +120,12 @@ def results_header(command: str | None, device: Any, **settings: Any) -> dict[st
     return {**header(command, device), **settings}
 
 
-def result_row(task: str, model: str, res: Mapping[str, Any]) -> dict[str, Any]:
-    """One benchmark row (the keys of the results contract, plus context)."""
+def result_row(task: str, model: str, res: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """One benchmark row (the keys of the results contract, plus context: ``extra`` such as the
+    training seed or a prior's alpha)."""
     s = res["sampler"]
     return {
+        **extra,
         "task": task,
         "method": method_name(s),
         "model": model,
@@ -105,6 +142,9 @@ def result_row(task: str, model: str, res: Mapping[str, Any]) -> dict[str, Any]:
         "control_rate_hz": res["control_rate_hz"],
         "episodes": res["episodes"],
         "crashed": res["crashed"],
+        "successes": res["successes"],
+        "mean_score": res.get("mean_score"),
+        "prior_ms_p50": res.get("prior_ms_p50"),
     }
 
 
@@ -150,10 +190,14 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+
+    def key(r):
+        return r.get("label") or r["method"]
+
+    methods = list(dict.fromkeys(key(r) for r in rows))
     for m in methods:
-        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["nfe"])
-        color, marker, ls = STYLE.get(m, ("gray", "o", "-"))
+        rs = sorted((r for r in rows if key(r) == m), key=lambda r: r["nfe"])
+        color, marker, ls = STYLE.get(rs[0]["method"] if "psld" not in m else m, ("gray", "o", "-"))
         x = [r["nfe"] for r in rs]
         y = [r["success_rate"] for r in rs]
         # clamped: at 0% or 100% the interval's end can differ from the rate by rounding

@@ -1,0 +1,68 @@
+"""dpd bench and dpd demo end to end at a miniature size: every stage runs (collection, training
+by work budget, seeds, convergence curve, samplers, PSLD, fitted priors, pooling, reports)."""
+
+import json
+
+import pytest
+from diffusion_policy_dist.benchmarks.runs import parse_sampler, pool_seeds, steps_for_nfe
+
+from diffusion_policy_dist.cli.main import main
+
+pytestmark = pytest.mark.e2e
+
+
+def test_parse_sampler_and_steps_for_nfe():
+    assert parse_sampler("ddpm-100") == {"kind": "ddpm", "steps": 100}
+    assert parse_sampler("distributional-2@churn=1") == {
+        "kind": "distributional", "steps": 2, "churn": 1.0,
+    }  # fmt: skip
+    assert steps_for_nfe("naive_vv", 7) == 3 and steps_for_nfe("euler", 7) == 7
+    with pytest.raises(ValueError, match="kind-steps"):
+        parse_sampler("ddpm")
+
+
+def test_pooling_across_seeds_gives_seed_and_episode_intervals():
+    rows = [
+        {"model": "m", "method": "x", "nfe": 1, "success_rate": r, "successes": int(10 * r),
+         "episodes": 10, "seed": s, "latency_ms_p50": 1.0}
+        for s, r in enumerate([0.6, 0.8, 0.7])
+    ]  # fmt: skip
+    (row,) = pool_seeds(rows)
+    assert row["success_rate"] == pytest.approx(0.7) and row["pooled_success"] == pytest.approx(0.7)
+    lo, hi = row["success_ci95"]  # t(2) = 4.303, sd = 0.1: 0.7 +- 0.248
+    assert lo == pytest.approx(0.7 - 4.303 * 0.1 / 3**0.5, abs=1e-3) and hi > 0.9
+    assert row["episodes"] == 30 and row["success_by_seed"] == [0.6, 0.8, 0.7]
+
+
+def test_a_miniature_bench_runs_every_stage(tmp_path, capsys):
+    p = "presets.quick"
+    args = [
+        "bench", "task=obstacle_avoid", f"output_dir={tmp_path / 'results'}",
+        f"work_dir={tmp_path / 'work'}", "workers=1", "progress=false",
+        f"{p}.demos=4", f"{p}.network=tiny", f"{p}.steps=8", f"{p}.batch_rows=32", f"{p}.m=4",
+        f"{p}.seeds=[0,1]", f"{p}.models=[ddpm,distributional,psld_mean]",
+        f"{p}.samplers=[ddpm-3,distributional-1,reduced_vv-2]", f"{p}.test_episodes=2",
+        f"{p}.curve_points=2", f"{p}.curve_episodes=2", f"{p}.priors=[0.5]",
+        f"{p}.prior_steps=3", f"{p}.prior_nfe=[1]",
+    ]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((tmp_path / "results" / "obstacle_avoid.json").read_text())
+    assert res["header"]["seeds"] == [0, 1] and len(res["header"]["train"]) == 2
+    for seed in ("0", "1"):
+        for model in ("ddpm", "distributional", "psld_mean"):
+            assert res["header"]["train"][seed][model]["step"] == 8
+    labels = {r["label"] for r in res["summary"]}
+    assert (
+        "psld_mean: reduced_vv" in labels
+        and "distributional: distributional (churn 0) [prior 0.5]" in labels
+    )
+    assert all(r["episodes"] == 4 for r in res["summary"])  # 2 seeds x 2 episodes pooled
+    assert len({(c["model"], c["seed"], c["step"]) for c in res["curves"]}) == 8
+    md = (tmp_path / "results" / "obstacle_avoid.md").read_text()
+    assert (
+        "mean over seeds" in md
+        and (tmp_path / "results" / "obstacle_avoid_convergence.png").exists()
+    )
+    assert main(["bench", "task=obstacle_avoid", f"output_dir={tmp_path / 'results'}",
+                 "report_only=true"]) == 0  # fmt: skip
+    assert (tmp_path / "results" / "obstacle_avoid.md").read_text() == md
