@@ -40,14 +40,15 @@ def mode_frequencies(modes: Sequence[int], mode_names: Sequence[str] | None) -> 
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """``{"p50", "p95", "mean"}`` of ``values`` (NaN for none)."""
+    """``{"p50", "p95", "mean", "max"}`` of ``values`` (NaN for none)."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        return {"p50": float("nan"), "p95": float("nan"), "mean": float("nan")}
+        return {"p50": float("nan"), "p95": float("nan"), "mean": float("nan"), "max": float("nan")}
     return {
         "p50": float(np.percentile(v, 50)),
         "p95": float(np.percentile(v, 95)),
         "mean": float(v.mean()),
+        "max": float(v.max()),
     }
 
 

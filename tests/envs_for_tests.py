@@ -178,3 +178,61 @@ class FetchReachExpert:
 
 def fetch_reach_expert(seed=None):
     return FetchReachExpert(seed)
+
+
+class ClockEnv(gym.Env):
+    """Observes its step count t; succeeds after ``length`` steps if every action's first
+    coordinate was the step it ran at (``slack``: held actions may lag by this much). Paired
+    with :class:`ClockPolicy`, whose chunks name the step each action is for, it checks that a
+    real-time rollout executes each chunk in step with the world."""
+
+    def __init__(self, length=40, slack=0):
+        self.observation_space = spaces.Dict({"state": spaces.Box(-1e4, 1e4, (3,), np.float32)})
+        self.action_space = spaces.Box(-1e4, 1e4, (2,), np.float32)
+        self.length, self.slack = length, slack
+        self.t, self.ok, self.log = 0, True, []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.ok, self.log = 0, True, []
+        return {"state": np.array([0.0, 0.0, 1.0], np.float32)}, {"is_success": False}
+
+    def step(self, action):
+        self.log.append(float(action[0]))
+        self.ok &= 0 <= self.t - float(action[0]) <= self.slack
+        self.t += 1
+        done = self.t >= self.length
+        info = {"is_success": done and self.ok, "mode": -1}
+        return {"state": np.array([self.t, 0.0, 1.0], np.float32)}, 0.0, done, False, info
+
+
+class ClockPolicy:
+    """A stand-in policy: every chunk's action j (from the current step on) is ``[t + j, 0]``,
+    t read from the observation; ``sleep_s`` simulates inference time. Records the committed
+    prefixes it was given."""
+
+    def __init__(self, sleep_s=0.0, horizon=16, n_obs_steps=2, n_action_steps=8):
+        import torch
+        from diffusion_policy_dist.window import Window
+
+        self.window = Window(horizon, n_obs_steps, n_action_steps)
+        self.shape_meta = {
+            "obs": {"state": {"shape": [3], "type": "low_dim"}},
+            "action": {"shape": [2]},
+        }
+        self.device, self.action_dim, self.sleep_s = torch.device("cpu"), 2, sleep_s
+        self.prefixes = []
+
+    def predict_action(self, obs, sampler=None, generator=None, return_info=False, **kw):
+        import time
+
+        import torch
+
+        if kw.get("prefix") is not None:
+            self.prefixes.append(kw["prefix"].clone())
+        time.sleep(self.sleep_s)
+        t = torch.as_tensor(obs["state"])[:, -1, 0].float()
+        j = torch.arange(self.window.horizon) - self.window.action_start
+        pred = torch.stack([t[:, None] + j, torch.zeros(len(t), len(j))], dim=-1)
+        return {"action": self.window.executed(pred), "action_pred": pred, "nfe": 1,
+                "prior_ms": 0.0}  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..control.transitions import check_transition, parse_latency
 from ..envs import EVAL_SEED_BASE
 
 
@@ -28,8 +29,13 @@ class EvalConfig:
     policy_seed: int = 0
     env_timeout_s: float = 60.0
     progress: bool = True
+    control_hz: float | None = None
+    latency: str = "measured"
+    transition: str = "sync"
+    blend_steps: int = 2
 
     def __post_init__(self) -> None:
+        self._check_realtime()
         if self.episodes < 1 or self.n_envs < 1:
             raise ValueError(
                 f"eval.episodes and eval.n_envs must be >= 1, got {self.episodes}, {self.n_envs}"
@@ -46,3 +52,15 @@ class EvalConfig:
                 raise ValueError(f"eval.{name} must be >= 1 or null, got {v}")
         if not self.env_timeout_s > 0:
             raise ValueError(f"eval.env_timeout_s must be > 0, got {self.env_timeout_s}")
+
+    def _check_realtime(self) -> None:
+        check_transition(self.transition)
+        parse_latency(self.latency)
+        if self.control_hz is not None and not self.control_hz > 0:
+            raise ValueError(f"eval.control_hz must be > 0 or null, got {self.control_hz}")
+        if self.transition != "sync" and self.control_hz is None:
+            raise ValueError(
+                f"eval.transition={self.transition} needs a control rate: set eval.control_hz"
+            )
+        if self.blend_steps < 1:
+            raise ValueError(f"eval.blend_steps must be >= 1, got {self.blend_steps}")

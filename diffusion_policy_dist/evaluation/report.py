@@ -82,6 +82,7 @@ def build_result(
         **{k: run[k] for k in ("env", "seeds", "n_envs", "n_action_steps", "device")},
         "torch_threads": run["torch_threads"],
         "rollout_wallclock_s": run["rollout_wallclock_s"],
+        **run.get("realtime", {}),
         "per_episode": list(records),
         **dict(extra or {}),
     }
@@ -110,6 +111,16 @@ def format_summary(result: Mapping[str, Any]) -> str:
         ),
         ("mean return / length", f"{result['mean_return']:.3f} / {result['mean_length']:.1f}"),
     ]
+    if result.get("control_hz"):
+        d = result["delay_steps"]
+        rows.append((
+            "real time",
+            f"{result['control_hz']:g} Hz, {result['transition']}, delay p50 {d['p50']:g} / max "
+            f"{d['max']} steps, deadline misses {result['deadline_miss_rate'] or 0:.1%}",
+        ))  # fmt: skip
+    if result.get("boundary_jerk") is not None:
+        rows.append(("boundary jerk", f"{result['boundary_jerk']:.4g} (interior "
+                                      f"{result['interior_jerk'] or 0:.4g})"))  # fmt: skip
     if result.get("mean_score") is not None:
         rows.append(("score", f"{result['mean_score']:.3f} (mean of each episode's best)"))
     if result.get("mode_freq"):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..control.transitions import boundary_jerk, interior_jerk
 from ..policy.queues import ActionQueue, ObsHistory, camera_chw, select_obs
 from .pool import EnvPool
 
@@ -34,6 +35,10 @@ class _Slot:
     length: int = 0
     success: bool = False
     score: float | None = None  # running max of info["score"] (e.g. Push-T's coverage score)
+    actions: list = field(default_factory=list)  # executed this episode
+    boundaries: list = field(default_factory=list)  # steps where a new chunk's first action ran
+    fresh: bool = False  # the queue holds a chunk not yet started
+    stale: int = 0  # steps that held the last action because no chunk was ready
 
 
 class Rollout:
@@ -91,6 +96,7 @@ class Rollout:
             slot = self.slots[i]
             slot.episode, slot.running = assign[i], True
             slot.ret, slot.length, slot.success, slot.score = 0.0, 0, False, None
+            slot.actions, slot.boundaries, slot.fresh, slot.stale = [], [], False, 0
             slot.history.reset()
             slot.queue.reset()
             if info.get("crashed"):
@@ -119,10 +125,21 @@ class Rollout:
         actions = out["action"].detach().cpu().numpy().astype(np.float32)
         for j, i in enumerate(which):
             self.slots[i].queue.set(actions[j : j + 1])
+            self.slots[i].fresh = True
+
+    def _next_action(self, i: int) -> np.ndarray:
+        """Slot ``i``'s action for this step (noting chunk boundaries)."""
+        slot = self.slots[i]
+        if slot.fresh:
+            slot.boundaries.append(len(slot.actions))
+            slot.fresh = False
+        a = slot.queue.pop()[0]
+        slot.actions.append(a)
+        return a
 
     def _tick(self) -> None:
         """Every running slot executes its next action."""
-        actions = {i: self.slots[i].queue.pop()[0] for i in self._running()}
+        actions = {i: self._next_action(i) for i in self._running()}
         bad = [i for i, a in actions.items() if not np.isfinite(a).all()]
         for i in bad:  # never send NaN to an env: the policy failed this episode
             del actions[i]
@@ -153,6 +170,7 @@ class Rollout:
             "crashed": crashed,
             "reason": info.get("reason") if crashed else None,
             "error": str(info["error"]) if crashed and info.get("error") else None,
+            **_smoothness(slot),
         }
         slot.running = False
         slot.queue.reset()
@@ -170,12 +188,22 @@ class Rollout:
             self.progress()
 
 
+def _smoothness(slot: _Slot) -> dict[str, Any]:
+    acts = np.asarray(slot.actions)
+    return {
+        "boundary_jerk": boundary_jerk(acts, slot.boundaries),
+        "interior_jerk": interior_jerk(acts, slot.boundaries),
+        "chunks": len(slot.boundaries),
+        "stale_steps": slot.stale,
+    }
+
+
 def _failure(reason: str, message: str) -> dict[str, Any]:
     return {"crashed": True, "done": True, "reason": reason, "error": message, "mode": -1}
 
 
-def _timed_predict(policy, obs, sampler, generator, times_ms: list[float]) -> dict[str, Any]:
+def _timed_predict(policy, obs, sampler, generator, times_ms: list[float], **kw) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out = policy.predict_action(obs, sampler=sampler, generator=generator, return_info=True)
+    out = policy.predict_action(obs, sampler=sampler, generator=generator, return_info=True, **kw)
     times_ms.append(1000 * (time.perf_counter() - t0))
     return out

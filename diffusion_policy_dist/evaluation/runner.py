@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..control.transitions import parse_latency
 from ..envs.spec import env_mismatch
 from ..envs.workers import EnvSource
 from ..files import write_json_atomic
@@ -27,6 +28,7 @@ from ..policy.diffusion_policy import sampler_options
 from .config import EvalConfig
 from .latency import measure_latency, not_measured, trials_for
 from .pool import EnvPool
+from .realtime import Clock, RealtimeRollout, realtime_metrics
 from .report import build_result, episode_stats
 from .rollout import Rollout
 from .video import write_video
@@ -75,6 +77,13 @@ def _video_writer(pool: EnvPool, source: EnvSource, cfg: EvalConfig, out_dir: Pa
     return on_end
 
 
+def clock_of(cfg: EvalConfig) -> Clock | None:
+    """The control clock of a real-time evaluation (None: the world pauses for each chunk)."""
+    if cfg.control_hz is None:
+        return None
+    return Clock(cfg.control_hz, parse_latency(cfg.latency), cfg.transition, cfg.blend_steps)
+
+
 def _roll_out(policy, pool, source, sc, cfg, out_dir) -> Rollout:
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
     msg = env_mismatch(pool.observation_space, pool.action_space, policy.shape_meta)
@@ -90,7 +99,12 @@ def _roll_out(policy, pool, source, sc, cfg, out_dir) -> Rollout:
     )
     with bar:
         on_end = _video_writer(pool, source, cfg, out_dir)
-        rollout = Rollout(policy, pool, sc, seeds, gen, cfg.video, on_end, lambda: bar.update(1))
+        args = (policy, pool, sc, seeds, gen, cfg.video, on_end, lambda: bar.update(1))
+        clock = clock_of(cfg)
+        if clock is None or clock.transition == "sync":
+            rollout = Rollout(*args)
+        else:
+            rollout = RealtimeRollout(*args, clock=clock)
         rollout.run()
     return rollout
 
@@ -137,6 +151,7 @@ def evaluate(
         "torch_threads": threads,
         "rollout_wallclock_s": rollout_s,
         "chunk_ms": rollout.chunk_ms,
+        "realtime": realtime_metrics(rollout, clock_of(cfg), rollout.records_done()),
     }
     stats = episode_stats(records, source.mode_names)
     result = build_result(

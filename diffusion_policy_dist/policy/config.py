@@ -108,7 +108,10 @@ class PolicyOptions:
     """The ``policy`` config group. ``kind``: the denoiser (``mean``: predicts eps/x0/v, trained
     with MSE; ``distributional``: samples x0 from extra noise, trained with a scoring rule).
     ``prediction``: what a mean model's network predicts. ``noise_injection``/``noise_dim``: how a
-    distributional model gets its noise. ``normalizer``: ``limits`` ([-1, 1]) or ``gaussian``."""
+    distributional model gets its noise. ``normalizer``: ``limits`` ([-1, 1]) or ``gaussian``.
+    ``prefix_steps``: train with a committed prefix (real-time control): each example sees its
+    first d executed actions (d uniform in 0..prefix_steps) and a mask as extra input channels,
+    so a chunk planned during a delay of d steps continues the actions already committed."""
 
     kind: str = "distributional"
     prediction: str = "epsilon"
@@ -117,9 +120,12 @@ class PolicyOptions:
     normalizer: str = "limits"
     obs_encoder: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    prefix_steps: int = 0
 
     def __post_init__(self) -> None:
         _choice("policy.kind", self.kind, POLICY_KINDS)
+        if self.prefix_steps < 0:
+            raise ValueError(f"policy.prefix_steps must be >= 0, got {self.prefix_steps}")
         _choice("policy.prediction", self.prediction, PREDICTIONS)
         _choice("policy.noise_injection", self.noise_injection, NOISE_INJECTIONS)
         _choice("policy.normalizer", self.normalizer, SCHEMES)

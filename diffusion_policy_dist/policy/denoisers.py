@@ -3,9 +3,13 @@
 Two implementations of one small interface, k-diffusion style, so the policy, the samplers and
 the evaluation never branch on the model kind:
 
-- ``x0(x_t, t, cond, generator)``: the sampler-facing model, an x0 estimate ``[B, H, Da]``;
-- ``loss(x0, cond, action_is_pad)``: per-example training loss ``[B]`` (time weighting applied)
-  and a dict of logged values;
+- ``x0(x_t, t, cond, generator, known)``: the sampler-facing model, an x0 estimate
+  ``[B, H, Da]``;
+- ``loss(x0, cond, action_is_pad, known)``: per-example training loss ``[B]`` (time weighting
+  applied) and a dict of logged values;
+
+``known`` (models trained with ``prefix_steps``): ``[B, H, Da + 1]``, committed actions (zero
+elsewhere) and their mask, extra input channels of the network.
 - ``samples_per_example``: network rows per training example.
 
 :class:`MeanDenoiser` is Diffusion Policy's model: it predicts eps, x0 or v from ``x_t`` and is
@@ -63,18 +67,33 @@ class Denoiser:
         self.cfg, self.schedule = cfg, schedule
         self.loss_cfg = cfg.loss
         self.action_dim, self.horizon = action_dim, horizon
+        self.known_channels = action_dim + 1 if getattr(cfg, "prefix_steps", 0) else 0
+
+    def _inputs(self, parts: list[Tensor], known: Tensor | None) -> Tensor:
+        """The network input: ``parts`` and, for prefix-conditioned models, ``known`` (zeros, i.e.
+        nothing committed, when None)."""
+        if self.known_channels:
+            if known is None:
+                known = parts[0].new_zeros(*parts[0].shape[:-1], self.known_channels)
+            parts = [*parts, known]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     @property
     def samples_per_example(self) -> int:
         return self.loss_cfg.samples_per_example
 
     def x0(
-        self, x_t: Tensor, t: Tensor, cond: Tensor, generator: torch.Generator | None = None
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        known: Tensor | None = None,
     ) -> Tensor:
         raise NotImplementedError
 
     def loss(
-        self, x0: Tensor, cond: Tensor, action_is_pad: Tensor | None = None
+        self, x0: Tensor, cond: Tensor, action_is_pad: Tensor | None = None, known=None
     ) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
@@ -94,18 +113,19 @@ class MeanDenoiser(Denoiser):
 
     def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
         super().__init__(cfg, schedule, action_dim, horizon)
-        self.net = make_net(state_channels(schedule, action_dim), 0)
+        self.net = make_net(state_channels(schedule, action_dim) + self.known_channels, 0)
 
-    def x0(self, x_t, t, cond, generator=None):
+    def x0(self, x_t, t, cond, generator=None, known=None):
+        out = self.net(self._inputs([x_t], known), t, cond)
         if self.cfg.prediction == "sample":
-            return self.net(x_t, t, cond)
+            return out
         a = expand_like(self.schedule.alpha(t), x_t)
         s = expand_like(self.schedule.sigma(t), x_t)
-        return to_x0(self.cfg.prediction, self.net(x_t, t, cond), x_t, a, s)
+        return to_x0(self.cfg.prediction, out, x_t, a, s)
 
-    def loss(self, x0, cond, action_is_pad=None):
+    def loss(self, x0, cond, action_is_pad=None, known=None):
         t, eps, a, s, x_t = _noisy(self.schedule, x0)
-        pred = self.net(x_t, t, cond)
+        pred = self.net(self._inputs([x_t], known), t, cond)
         sample = self.cfg.prediction == "sample"
         target = x0 if sample else prediction_target(self.cfg.prediction, x0, eps, a, s)
         per_example = mse_loss(pred, target, self._mask(action_is_pad))
@@ -119,7 +139,7 @@ class DistributionalDenoiser(Denoiser):
 
     def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
         super().__init__(cfg, schedule, action_dim, horizon)
-        channels = state_channels(schedule, action_dim)
+        channels = state_channels(schedule, action_dim) + self.known_channels
         if cfg.noise_injection == "concat":
             self.noise_shape: tuple[int, ...] = (horizon, cfg.noise_dim or action_dim)
             self.net = make_net(channels + self.noise_shape[1], 0)
@@ -127,7 +147,7 @@ class DistributionalDenoiser(Denoiser):
             self.noise_shape = (cfg.noise_dim or 32,)
             self.net = make_net(channels, self.noise_shape[0])
 
-    def x0(self, x_t, t, cond, generator=None, xi: Tensor | None = None):
+    def x0(self, x_t, t, cond, generator=None, known=None, xi: Tensor | None = None):
         """A fresh posterior sample; ``xi [B, *noise_shape]`` is drawn from ``generator`` unless
         given."""
         if xi is None:
@@ -138,15 +158,17 @@ class DistributionalDenoiser(Denoiser):
                 dtype=x_t.dtype,
             )
         if self.cfg.noise_injection == "concat":
-            return self.net(torch.cat([x_t, xi], dim=-1), t, cond)
-        return self.net(x_t, t, torch.cat([cond, xi], dim=-1))
+            return self.net(self._inputs([x_t, xi], known), t, cond)
+        return self.net(self._inputs([x_t], known), t, torch.cat([cond, xi], dim=-1))
 
-    def loss(self, x0, cond, action_is_pad=None):
+    def loss(self, x0, cond, action_is_pad=None, known=None):
         t, _, _, _, x_t = _noisy(self.schedule, x0)
         B, m = x0.shape[0], self.loss_cfg.m
-        rows = self.x0(
-            x_t.repeat_interleave(m, 0), t.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
-        )
+
+        def rep(v: Tensor | None) -> Tensor | None:
+            return None if v is None else v.repeat_interleave(m, 0)
+
+        rows = self.x0(rep(x_t), rep(t), rep(cond), known=rep(known))
         samples = rows.view(B, m, *x0.shape[1:])
         per_example = self.loss_cfg.score(samples, x0, self._mask(action_is_pad))
         with torch.no_grad():

@@ -25,6 +25,7 @@ from ..models.unet1d import ConditionalUnet1D
 from ..window import Window
 from .config import PolicyConfig, build_choice, policy_config
 from .denoisers import DENOISERS, state_channels
+from .prefix import inpaint, known_from_prefix, random_known
 from .queues import ActionQueue, ObsHistory, camera_chw, select_obs
 
 
@@ -145,7 +146,12 @@ class DiffusionPolicy(nn.Module):
         x0 = self.normalizer.normalize("action", batch["action"].to(dev, non_blocking=True))
         cond = self.encode_obs(obs)  # once per example, shared by a denoiser's samples
         pad = batch.get("action_is_pad")
-        per_example, info = self.denoiser.loss(x0, cond, None if pad is None else pad.to(dev))
+        known = None
+        if self.cfg.prefix_steps:
+            known = random_known(x0, self.cfg.prefix_steps, self.window.action_start)
+        per_example, info = self.denoiser.loss(
+            x0, cond, None if pad is None else pad.to(dev), known=known
+        )
         loss = per_example.mean()
         info["denoise_loss"] = float(loss.detach())
         if self.prior is not None:
@@ -181,19 +187,30 @@ class DiffusionPolicy(nn.Module):
         sampler: SamplerConfig | Mapping | None = None,
         generator: torch.Generator | None = None,
         return_info: bool = False,
+        prefix: Tensor | None = None,
+        prefix_lengths: Tensor | None = None,
     ) -> dict[str, Any]:
         """Sample action chunks for raw observation histories ``{key: [B, To, *shape]}``.
 
         Returns ``{"action": [B, Ta, Da], "action_pred": [B, H, Da]}`` in env units, plus
         ``nfe`` and ``prior_ms`` (wall-clock of the truncation prior) when ``return_info``.
+        ``prefix [B, P, Da]`` (env units): actions already committed from the current step on
+        (``prefix_lengths [B]`` of them per row); the chunk continues them (see :mod:`.prefix`).
         """
         sc = self.sampler_cfg if sampler is None else sampler_options(sampler)
         dev = self.device
         cond = self.encode_obs({k: torch.as_tensor(v, device=dev) for k, v in obs.items()})
         x_start, t_start, prior_ms = self._start(cond, sc, generator)
+        known = None
+        if prefix is not None and prefix.shape[1] > 0:
+            p = self.normalizer.normalize("action", torch.as_tensor(prefix, device=dev).float())
+            known = known_from_prefix(p, prefix_lengths, self.window.horizon,
+                                      self.window.action_start)  # fmt: skip
+        kw = {"known": known} if known is not None and self.cfg.prefix_steps else {}
 
         def model(x_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
-            return self.denoiser.x0(x_t, t, c, generator=generator)
+            x0 = self.denoiser.x0(x_t, t, c, generator=generator, **kw)
+            return x0 if known is None else inpaint(x0, known)
 
         x0, nfe = sample(
             model,

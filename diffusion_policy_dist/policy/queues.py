@@ -103,6 +103,10 @@ class ActionQueue:
     def __len__(self) -> int:
         return 0 if self._chunk is None else self._chunk.shape[1] - self._next
 
+    def remaining(self) -> Any:
+        """What is left ``[B, n, Da]`` (n may be 0), without consuming it."""
+        return None if self._chunk is None else self._chunk[:, self._next :]
+
     def set(self, chunk: Any) -> None:
         """Replace what is left with a new chunk ``[B, Ta, Da]``."""
         self._chunk, self._next = chunk, 0

@@ -33,4 +33,4 @@ def test_v1_checkpoint_gives_the_golden_actions(case):
     )
     assert out["nfe"] == case["nfe"]
     want = torch.tensor(case["action_pred"], dtype=torch.float64)
-    torch.testing.assert_close(out["action_pred"].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["action_pred"].double(), want, rtol=1e-4, atol=1e-4)
