@@ -191,12 +191,48 @@ def _curves(task, cfg, p: BenchPreset, work: Path, seed: int, source) -> list[di
     return out
 
 
+def _realtime_task(task, cfg: BenchRun, p: BenchPreset, clock, head, base, data) -> dict:
+    """The real-time preset: train as usual, then the delay sweep and the control rates."""
+    from diffusion_policy_dist.benchmarks.realtime import (
+        delay_sweep,
+        rate_runs,
+        write_realtime_report,
+    )  # fmt: skip
+
+    dev, delay_rows, rate_rows, train = resolve_device(cfg.device), [], [], {}
+    first = p.eval_seed if p.eval_seed is not None else EVAL_SEED_BASE
+    ev = {**_eval_cfg(p, p.test_episodes, first, cfg.progress, True, dev), "latency_trials": 10}
+    for seed in p.seeds:
+        work = base / f"seed{seed}"
+        train[str(seed)] = _train(task, cfg, p, seed, data, work, clock)
+        pols = {m: policy_from_checkpoint(work / m, device=dev)[0] for m in p.models}
+        source = EnvSource.from_spec(policy_from_checkpoint(work / p.models[0])[1].meta["env"])
+        clock.start(f"{task}: seed {seed}: real time")
+
+        def note(text: str, seed: int = seed) -> None:
+            print(f"[realtime] seed {seed}: {text}", file=sys.stderr, flush=True)
+
+        rows = delay_sweep(pols, source, p.realtime, ev, seed, note)
+        delay_rows += rows
+        rate_rows += rate_runs(pols, source, p.realtime, ev, seed, rows, note)
+    result = {
+        "header": {**head, "task": task, "seeds": p.seeds, "train": train,
+                   "preset_settings": dataclasses.asdict(p)},
+        "delay_rows": delay_rows,
+        "rate_rows": rate_rows,
+    }  # fmt: skip
+    write_realtime_report(result, _stem(cfg, task))
+    return result
+
+
 def bench_task(task: str, cfg: BenchRun, p: BenchPreset, clock: StageClock, head: dict) -> dict:
     base = Path(cfg.work_dir) / f"{task}{'' if cfg.obs == 'state' else '_' + cfg.obs}"
     clock.start(f"{task}: demonstrations")
     data = base / "demos.zarr"
     demos = collect(task, p.demos, str(data), obs=cfg.obs, workers=cfg.workers,
                     image_size=p.image_size, progress=cfg.progress)  # fmt: skip
+    if p.realtime is not None:
+        return _realtime_task(task, cfg, p, clock, head, base, data)
     rows, train, curves, tuning, source = [], {}, [], {}, None
     for seed in p.seeds:
         work = base / f"seed{seed}"

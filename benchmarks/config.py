@@ -12,7 +12,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OBS_ALIASES = {"lowdim": "state"}  # the spelling of version 0.1
-MODELS = ("ddpm", "distributional", "psld_mean", "psld_distributional")
+MODELS = ("ddpm", "distributional", "psld_mean", "psld_distributional", "distributional_prefix")
+
+
+@dataclass
+class RealtimeGrid:
+    """The real-time comparison (``preset=realtime``): ``delay_samplers`` under a fixed delay
+    of each of ``delays`` control steps with each of ``transitions`` (0: the world pauses), and
+    ``rate_samplers`` at each of ``rates`` Hz with their own latency measured on this machine
+    (one env at a time, so the latency is one robot's)."""
+
+    delays: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
+    transitions: list[str] = field(default_factory=lambda: ["naive", "blend", "prefix"])
+    delay_samplers: list[str] = field(default_factory=lambda: ["distributional-1", "ddim-10"])
+    rates: list[float] = field(default_factory=lambda: [10.0, 50.0])
+    rate_samplers: list[str] = field(
+        default_factory=lambda: ["distributional-1", "distributional-2", "ddim-10", "ddpm-100"]
+    )
+    rate_episodes: int = 20
 
 
 @dataclass
@@ -62,6 +79,7 @@ class BenchPreset:
     num_workers: int = 0
     image: dict[str, Any] = field(default_factory=dict)
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    realtime: RealtimeGrid | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.models if m not in MODELS]

@@ -20,6 +20,8 @@ from diffusion_policy_dist.training.checkpoint import read_meta
 # model -> its policy preset (configs/policy/<name>.yaml)
 POLICY_PRESETS = {"ddpm": "ddpm", "distributional": "distributional"}
 POLICY_PRESETS |= {"psld_mean": "psld_mean", "psld_distributional": "psld_distributional"}
+POLICY_PRESETS |= {"distributional_prefix": "distributional"}  # + policy.prefix_steps
+PREFIX_STEPS = 8  # the committed prefix a real-time model is trained with (up to 8 steps)
 
 
 def work_train_overrides(
@@ -54,8 +56,10 @@ def work_train_overrides(
     ]
     if keep:
         out.append(f"training.keep_every={max(1, steps // keep)}")
-    if model in ("distributional", "psld_distributional"):
+    if model in ("distributional", "psld_distributional", "distributional_prefix"):
         out.append(f"loss.m={m}")
+    if model == "distributional_prefix":
+        out.append(f"policy.prefix_steps={PREFIX_STEPS}")
     if threads:
         out.append(f"threads={threads}")
     return out

@@ -213,6 +213,7 @@ class ClockPolicy:
 
     def __init__(self, sleep_s=0.0, horizon=16, n_obs_steps=2, n_action_steps=8):
         import torch
+
         from diffusion_policy_dist.window import Window
 
         self.window = Window(horizon, n_obs_steps, n_action_steps)

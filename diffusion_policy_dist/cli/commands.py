@@ -103,7 +103,10 @@ def evaluate(cfg: EvalRun) -> dict[str, Any]:
         )
     trust = trust_of(cfg.env)
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path
-    out = cfg.output_dir or str(Path(run_dir) / "eval" / f"{sampler.kind}-{sampler.steps}")
+    name = f"{sampler.kind}-{sampler.steps}"
+    if cfg.eval.control_hz:
+        name += f"-{cfg.eval.control_hz:g}hz-{cfg.eval.transition}"
+    out = cfg.output_dir or str(Path(run_dir) / "eval" / name)
     result = run_eval(
         policy,
         EnvSource.from_spec(spec, trust),
@@ -200,6 +203,12 @@ def demo(cfg, command_line: str) -> dict[str, Any]:
     from ..benchmarks.demo import run as run_demo
 
     return run_demo(cfg, command_line)
+
+
+def tune(cfg) -> dict[str, Any]:
+    from .tune import tune as run_tune
+
+    return run_tune(cfg)
 
 
 def import_robomimic(cfg: ImportRobomimicRun) -> dict[str, Any]:

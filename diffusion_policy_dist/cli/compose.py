@@ -33,7 +33,7 @@ def _choice_groups() -> dict[str, dict[str, Any]]:
 def _schemas() -> dict[str, Any]:
     from ..benchmarks.config import BenchRun, DemoRun
     from ..training.config import TrainRun
-    from .schemas import CollectRun, EvalRun, ImportRobomimicRun, InfoRun
+    from .schemas import CollectRun, EvalRun, ImportRobomimicRun, InfoRun, TuneRun
 
     return {
         "train": TrainRun,
@@ -43,6 +43,7 @@ def _schemas() -> dict[str, Any]:
         "demo": DemoRun,
         "info": InfoRun,
         "repair": InfoRun,
+        "tune": TuneRun,
         "import-robomimic": ImportRobomimicRun,
     }
 
@@ -112,7 +113,7 @@ def checkpoint_sampler_overrides(overrides: Sequence[str]) -> list[str]:
 def compose_config(command: str, overrides: Sequence[str]):
     """The composed, unvalidated DictConfig of ``command`` (what ``--cfg`` prints)."""
     overrides = list(overrides)
-    if command in ("eval", "tune"):
+    if command == "eval":
         overrides = checkpoint_sampler_overrides(overrides) + overrides
     return _hydra_compose(command, overrides)
 

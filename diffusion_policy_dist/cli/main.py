@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "collect, train, evaluate: the main job"),
     "import-robomimic": ("import_robomimic", "convert a robomimic HDF5 file to zarr"),
     "info": ("info", "describe a checkpoint or a dataset (and check it)"),
+    "tune": ("tune", "pick the sampler that meets a control rate, as the checkpoint's default"),
     "repair": ("repair", "cut a dataset back to its committed episodes after a crash"),
 }
 
@@ -36,6 +37,7 @@ examples:
   dpd collect task=obstacle_avoid episodes=100 output=data/obstacle_avoid.zarr
   dpd train dataset.path=data/obstacle_avoid.zarr policy=distributional output_dir=outputs/oa
   dpd eval checkpoint=outputs/oa sampler=distributional sampler.steps=1 eval.episodes=50
+  dpd tune checkpoint=outputs/oa control_hz=50
   dpd demo
 """
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..env_options import OBS_ALIASES, EnvOptions
+from ..envs import VALIDATION_SEED_BASE
 from ..evaluation.config import EvalConfig
 
 
@@ -74,4 +75,25 @@ class ImportRobomimicRun:
     output: str | None = None
     obs_keys: list[str] | None = None
     overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TuneRun:
+    """``dpd tune``: pick the checkpoint's default sampler for a control rate. Each candidate
+    (``kind-steps[@option=value]``; null: the usual ones for the checkpoint's model) is rolled
+    out on ``episodes`` validation seeds, one env at a time so latency is that of one robot,
+    with the env running at ``control_hz`` while the policy thinks (``transition``). The best
+    that never misses a deadline becomes the default, written atomically into meta.json (the
+    previous one is kept in its ``sampler_history``); ``write=false`` only prints the table."""
+
+    checkpoint: str = "???"
+    control_hz: float = "???"  # type: ignore[assignment]
+    candidates: list[str] | None = None
+    transition: str = "prefix"
+    episodes: int = 10
+    seed: int = VALIDATION_SEED_BASE
+    write: bool = True
+    use_ema: bool = True
+    device: str = "auto"
     progress: bool = True

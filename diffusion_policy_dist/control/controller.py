@@ -62,7 +62,8 @@ class Controller:
         self.reset()
 
     def _init_counters(self) -> None:
-        self.step_ms: list[float] = []
+        self.step_ms: list[float] = []  # steps that did not wait (all but episode starts)
+        self.start_ms: list[float] = []  # episode starts, which wait for the first chunk
         self.intervals_ms: list[float] = []
         self.delays: list[int] = []
         self.requests: list[int] = []  # the steps at which chunks were asked for
@@ -89,7 +90,8 @@ class Controller:
             self.intervals_ms.append(1000 * (t0 - self._last_call))
         self._last_call = t0
         self._history.push(self._prepare(obs))
-        if self._last is None and self._future is None:  # episode start: wait for a chunk
+        start = self._last is None and self._future is None
+        if start:  # episode start: wait for a chunk
             self._request()
             self._arrive(self._future.result())
         elif self._future is not None and self._future.done():
@@ -98,7 +100,7 @@ class Controller:
         if self._future is None and len(self._queue) + 1 <= self._lead():
             self._request()
         self.tick += 1
-        self.step_ms.append(1000 * (time.perf_counter() - t0))
+        (self.start_ms if start else self.step_ms).append(1000 * (time.perf_counter() - t0))
         return action
 
     def _prepare(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -165,9 +167,10 @@ class Controller:
         return {
             "control_hz": self.control_hz,
             "transition": self.transition,
-            "steps": len(self.step_ms),
+            "steps": len(self.step_ms) + len(self.start_ms),
             "chunks": self.chunks,
-            "step_ms": percentiles(self.step_ms[1:] or self.step_ms),
+            "step_ms": percentiles(self.step_ms),
+            "episode_start_ms": percentiles(self.start_ms),
             "jitter_ms": percentiles(jitter),
             "latency_ms": percentiles(list(self.latency_ms)),
             "delay_steps": percentiles(self.delays),

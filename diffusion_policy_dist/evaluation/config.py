@@ -15,7 +15,14 @@ class EvalConfig:
     ``sync`` steps them in this process, faster for cheap envs but without hang protection).
     ``video``: record the first k episodes. ``rollout_threads``/``torch_threads``: torch CPU
     threads for the batched rollouts and for the batch-1 latency measurement (null: leave
-    torch's setting). ``latency_trials``: timed batch-1 calls (0 skips the measurement)."""
+    torch's setting; 1 by default, as env workers share the cores: see
+    ``benchmarks/results/threads.md``). ``latency_trials``: timed batch-1 calls (0 skips the
+    measurement).
+
+    Real time: with ``control_hz`` the env keeps stepping at that rate while the policy thinks,
+    for ``latency`` = ``measured`` (each call's own time), ``<x>ms`` or ``<k>steps``, and chunks
+    change by ``transition`` (sync | naive | blend | prefix; ``blend_steps`` of overlap). ``sync``
+    pauses the world for every chunk (the zero-delay reference)."""
 
     episodes: int = 50
     n_envs: int = 10
@@ -24,7 +31,7 @@ class EvalConfig:
     video_format: str = "gif"
     vector: str = "async"
     torch_threads: int | None = 1
-    rollout_threads: int | None = None
+    rollout_threads: int | None = 1
     latency_trials: int = 30
     policy_seed: int = 0
     env_timeout_s: float = 60.0

@@ -31,6 +31,10 @@ class Clock:
     transition: str
     blend_steps: int = 2
 
+    def label(self) -> str:
+        kind, value = self.latency
+        return "measured" if kind == "measured" else f"{value:g}{kind}"
+
     def delay(self, ms: float) -> int:
         kind, value = self.latency
         if kind == "steps":
@@ -102,7 +106,8 @@ class RealtimeRollout(Rollout):
         da = self.policy.action_dim
         prefix = np.zeros((len(which), width, da), np.float32)
         for j, x in enumerate(left):
-            prefix[j, : len(x)] = x
+            if len(x):
+                prefix[j, : len(x)] = x
         dev = self.policy.device
         lengths = torch.tensor([len(x) for x in left], device=dev)
         return {"prefix": torch.as_tensor(prefix, device=dev), "prefix_lengths": lengths}
@@ -136,7 +141,8 @@ class RealtimeRollout(Rollout):
         self._refill()  # episodes start as soon as a slot is free (chunks are not aligned)
 
     def _finish(self, i: int, info) -> None:
-        self.inflight.pop(i, None)
+        p = self.inflight.pop(i, None)  # a chunk still due when the episode ended
+        self.misses += int(p is not None and p.missed)
         super()._finish(i, info)
 
 
@@ -154,7 +160,7 @@ def realtime_metrics(rollout: Rollout, clock: Clock | None, records) -> dict[str
     out: dict[str, Any] = {
         "control_hz": None if clock is None else clock.control_hz,
         "transition": "sync" if clock is None else clock.transition,
-        "latency": None if clock is None else "{}:{}".format(*clock.latency),
+        "latency": None if clock is None else clock.label(),
         "boundary_jerk": _mean(r.get("boundary_jerk") for r in records),
         "interior_jerk": _mean(r.get("interior_jerk") for r in records),
         "stale_step_rate": sum(r.get("stale_steps", 0) for r in records) / steps if steps else 0.0,

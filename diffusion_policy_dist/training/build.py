@@ -181,7 +181,8 @@ def check_config_agrees(ckpt: Checkpoint) -> None:
     same_format = "migrated_from_version" not in meta  # old configs spell groups differently
     if same_format and isinstance(cfg.get("policy"), Mapping):
         pol = meta["policy"]
-        pairs += [(k, cfg.get(k), pol.get(k)) for k in ("network", "schedule", "loss", "sampler")]
+        # not the sampler: the default sampler is an inference choice (``dpd tune`` changes it)
+        pairs += [(k, cfg.get(k), pol.get(k)) for k in ("network", "schedule", "loss")]
         pairs += [(f"policy.{k}", v, pol.get(k)) for k, v in cfg["policy"].items()]
     if "shape_meta" in cfg:
         pairs.append(("shape_meta", cfg["shape_meta"], meta.get("shape_meta")))

@@ -7,6 +7,7 @@ presets); every section is a dataclass checked in ``__post_init__``. Python user
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,15 +144,9 @@ class TrainRun:
             self.policy_config()  # the groups must fit together (checked when composed)
 
     def policy_config(self) -> PolicyConfig:
-        p = self.policy
+        p = self.policy  # every field of the policy group, whatever it holds
         return PolicyConfig(
-            kind=p.kind,
-            prediction=p.prediction,
-            noise_injection=p.noise_injection,
-            noise_dim=p.noise_dim,
-            normalizer=p.normalizer,
-            obs_encoder=p.obs_encoder,
-            prior=p.prior,
+            **{f.name: getattr(p, f.name) for f in dataclasses.fields(PolicyOptions)},
             network=self.network,
             schedule=self.schedule,
             loss=self.loss,

@@ -66,3 +66,34 @@ def test_a_miniature_bench_runs_every_stage(tmp_path, capsys):
     assert main(["bench", "task=obstacle_avoid", f"output_dir={tmp_path / 'results'}",
                  "report_only=true"]) == 0  # fmt: skip
     assert (tmp_path / "results" / "obstacle_avoid.md").read_text() == md
+
+
+def test_a_miniature_realtime_bench(tmp_path):
+    p = "presets.realtime"
+    args = [
+        "bench", "task=obstacle_avoid", "preset=realtime", f"output_dir={tmp_path / 'results'}",
+        f"work_dir={tmp_path / 'work'}", "workers=1", "progress=false",
+        f"{p}.demos=4", f"{p}.network=tiny", f"{p}.steps=6", f"{p}.batch_rows=32", f"{p}.m=4",
+        f"{p}.curve_points=0", f"{p}.test_episodes=2", f"{p}.realtime.delays=[0,2]",
+        f"{p}.realtime.transitions=[naive,prefix]",
+        f"{p}.realtime.delay_samplers=[distributional-1]",
+        f"{p}.realtime.rates=[50]", f"{p}.realtime.rate_samplers=[distributional-1,ddim-2]",
+        f"{p}.realtime.rate_episodes=1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((tmp_path / "results" / "realtime" / "obstacle_avoid.json").read_text())
+    sweep = {(r["model"], r["delay"], r["transition"]) for r in res["delay_rows"]}
+    assert sweep == {
+        (m, d, t) for m in ("distributional", "distributional_prefix")
+        for d, t in ((0, "sync"), (2, "naive"), (2, "prefix"))
+    }  # fmt: skip
+    # (an untrained model's episode may end before its first chunk runs out: no request)
+    assert all(r["delay_steps"]["max"] in (0, r["delay"]) for r in res["delay_rows"])
+    assert any(r["delay_steps"]["max"] == 2 for r in res["delay_rows"])
+    rates = {(r["model"], r["sampler"]) for r in res["rate_rows"]}
+    assert rates == {("distributional", "distributional-1"),
+                     ("distributional_prefix", "distributional-1"), ("ddpm", "ddim-2")}  # fmt: skip
+    assert all(r["rate"] == 50 and r["transition"] in ("naive", "prefix") for r in res["rate_rows"])
+    md = (tmp_path / "results" / "realtime" / "obstacle_avoid.md").read_text()
+    assert "Success and boundary jerk against delay" in md
+    assert (tmp_path / "results" / "realtime" / "obstacle_avoid.png").exists()

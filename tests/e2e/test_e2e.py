@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,33 @@ def test_collect_train_eval_smoke(tmp_path):
     assert res["sampler"]["kind"] == "distributional" and res["sampler"]["steps"] == 2
     assert res["checkpoint"].endswith("latest")
     assert (ev / "videos" / "episode_000.gif").stat().st_size > 1000
+    _real_time(run, tmp_path)
+
+
+def _real_time(run, tmp_path):
+    """The real-time contract on the same checkpoint: latency-aware eval, dpd tune, and the
+    README's control-loop example."""
+    ev = tmp_path / "eval_50hz"
+    dpd("eval", f"checkpoint={run}", "eval.control_hz=50", "eval.latency=measured",
+        "eval.transition=prefix", "eval.episodes=2", "eval.n_envs=2", f"output_dir={ev}",
+        "eval.progress=false")  # fmt: skip
+    res = json.loads((ev / "eval.json").read_text())
+    assert res["control_hz"] == 50 and res["transition"] == "prefix"
+    assert res["delay_steps"]["p50"] >= 1 and res["delay_steps"]["max"] >= res["delay_steps"]["p50"]
+    assert res["boundary_jerk"] >= 0 and 0 <= res["deadline_miss_rate"] <= 1
+    out = dpd("tune", f"checkpoint={run}", "control_hz=50", "episodes=2", "progress=false",
+              "candidates=[distributional-1,distributional-2]")  # fmt: skip
+    assert "chosen sampler: distributional-" in out.stdout
+    meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
+    chosen = out.stdout.split("chosen sampler: distributional-")[1].split()[0]
+    assert meta["policy"]["sampler"]["steps"] == int(chosen)
+    assert meta["sampler_history"][-1]["by"] == "dpd tune control_hz=50 transition=prefix"
+    example = Path(__file__).parents[2] / "examples" / "control_loop.py"
+    r = subprocess.run([sys.executable, str(example), "--checkpoint", str(run), "--seconds", "3"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    stats = json.loads(r.stdout)
+    assert stats["steps"] > 50 and stats["chunks"] > 5
 
 
 @pytest.mark.sim
