@@ -37,7 +37,7 @@ def imported_names(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("layer", ["data", "training", "models", "diffusion", "policy"])
+@pytest.mark.parametrize("layer", ["data", "training", "models", "diffusion", "policy", "control"])
 def test_lower_layers_never_import_evaluation_or_cli(layer):
     for path in modules(PKG / layer):
         bad = [
@@ -45,6 +45,13 @@ def test_lower_layers_never_import_evaluation_or_cli(layer):
             for n in imported_names(path)
             if n.startswith(("diffusion_policy_dist.evaluation", "diffusion_policy_dist.cli"))
         ]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("layer", ["data", "training", "models", "diffusion", "policy"])
+def test_the_policy_and_below_never_import_the_controller(layer):
+    for path in modules(PKG / layer):
+        bad = [n for n in imported_names(path) if n.startswith("diffusion_policy_dist.control")]
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
@@ -81,7 +88,12 @@ def long_functions(path: Path, limit: int) -> list[str]:
 def test_functions_stay_short():
     too_long = [f for src in SOURCES for p in modules(src) for f in long_functions(p, 80)]
     assert not too_long, too_long
-    in_eval = [f for p in modules(PKG / "evaluation") for f in long_functions(p, 60)]
+    in_eval = [
+        f
+        for d in ("evaluation", "control")
+        for p in modules(PKG / d)
+        for f in long_functions(p, 60)
+    ]
     assert not in_eval, in_eval
 
 

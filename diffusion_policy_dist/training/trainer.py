@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.ema import EMA
-from ..policy.config import build_config
+from ..policy.config import build_config, policy_config, to_dict
 from .checkpoint import (
     CheckpointError,
     capture_rng,
@@ -238,7 +238,7 @@ class Trainer:
 
     def _check_same_run(self, path: Path, meta: Mapping[str, Any]) -> None:
         for key in ("shape_meta", "window", "policy"):
-            if key in self.meta and key in meta and _canon(self.meta[key]) != _canon(meta[key]):
+            if key in self.meta and key in meta and not _same(key, self.meta[key], meta[key]):
                 raise CheckpointError(
                     f"cannot resume from {path}: its {key} differs from this run's.\n"
                     f"  checkpoint: {meta[key]}\n  this run:   {self.meta[key]}\n"
@@ -502,6 +502,18 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _same(key: str, ours: Any, theirs: Any) -> bool:
+    """Whether a checkpoint's ``key`` matches this run's. A policy is compared with the fields
+    a later version added filled with their defaults, and without its default sampler (an
+    inference choice that ``dpd tune`` may have changed)."""
+    if key == "policy":
+        ours, theirs = (
+            {k: v for k, v in to_dict(policy_config(p)).items() if k != "sampler"}
+            for p in (ours, theirs)
+        )
+    return _canon(ours) == _canon(theirs)
 
 
 def _canon(x: Any) -> str:

@@ -84,3 +84,16 @@ def test_bad_settings_fail_with_a_message(bimodal_zarr, tmp_path, capsys, overri
     code = main(["train", f"dataset.path={bimodal_zarr}", f"output_dir={tmp_path}", override])
     assert code in (1, 2)
     assert message in capsys.readouterr().err
+
+
+def test_resume_accepts_an_older_policy_record_and_a_tuned_sampler(bimodal_zarr, tmp_path):
+    run = tmp_path / "run"
+    train_from_config(fast_cfg(bimodal_zarr, run, "training.steps=10"))
+    path = run / "checkpoints" / "latest" / "meta.json"
+    meta = json.loads(path.read_text())
+    del meta["policy"]["prefix_steps"]  # written before the field existed
+    meta["policy"]["sampler"]["steps"] = 3  # as dpd tune would
+    path.write_text(json.dumps(meta))
+    assert train_from_config(fast_cfg(bimodal_zarr, run, "training.steps=20"))["step"] == 20
+    with pytest.raises(CheckpointError, match="its policy differs"):
+        train_from_config(fast_cfg(bimodal_zarr, run, "training.steps=30", "policy.prefix_steps=2"))
