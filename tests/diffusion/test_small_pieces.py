@@ -118,3 +118,25 @@ def test_a_sampler_describes_itself_with_its_own_options():
     )
     text = sampler_config("conjugate", steps=4, lam=-0.1).describe()
     assert text.startswith("conjugate-4 (") and "lam=-0.1" in text and "quad_points" not in text
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"beta": 0.0}, r"needs beta, gamma, nu > 0 .*got beta=0.0, gamma=0.01, nu=4.01"),
+        ({"gamma": 0.0}, r"needs beta, gamma, nu > 0 .*gamma=0.0,"),
+        ({"nu": 0.0}, r"needs beta, gamma, nu > 0 .*nu=0.0$"),
+        ({"gamma": 1.0, "nu": 1.0}, r"^PhaseSpace: gamma == nu gives M\^-1 = 0 \(infinite mass\)$"),
+        ({"kappa": -0.1}, r"^PhaseSpace: kappa must be >= 0, got -0.1$"),
+        ({"t_min": 0.0}, r"^PhaseSpace: t_min must be in \(0, 1\), got 0.0$"),
+        ({"t_min": 1.0}, r"t_min must be in \(0, 1\), got 1.0$"),
+    ],
+)
+def test_phase_space_refuses_bad_constants_with_the_reason(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        PhaseSpace(**kw)
+
+
+def test_phase_space_accepts_small_positive_constants():
+    ps = PhaseSpace(beta=0.5, gamma=0.5, nu=0.6, kappa=0.0, t_min=0.5)
+    assert ps.mass_inv == pytest.approx(0.0025)
