@@ -140,3 +140,60 @@ def test_phase_space_refuses_bad_constants_with_the_reason(kw, msg):
 def test_phase_space_accepts_small_positive_constants():
     ps = PhaseSpace(beta=0.5, gamma=0.5, nu=0.6, kappa=0.0, t_min=0.5)
     assert ps.mass_inv == pytest.approx(0.0025)
+
+
+def test_mse_loss_known_values_with_and_without_a_mask():
+    from diffusion_policy_dist.diffusion.losses import mse_loss
+
+    pred = torch.tensor([[[1.0], [3.0]], [[0.0], [0.0]]])  # [B=2, H=2, D=1]
+    target = torch.tensor([[[0.0], [1.0]], [[2.0], [0.0]]])
+    assert mse_loss(pred, target).tolist() == [2.5, 2.0]  # (1 + 4) / 2, (4 + 0) / 2
+    mask = torch.tensor([[True, False], [False, False]])
+    assert mse_loss(pred, target, mask).tolist() == [1.0, 0.0]  # all masked: 0, not NaN
+
+
+def test_scores_pass_the_padding_mask_on():
+    samples = torch.tensor([[[0.0], [0.0]], [[0.0], [0.0]]]).view(1, 2, 2, 1)  # B=1, m=2, H=2
+    samples = samples.clone()
+    samples[0, :, 1] = 10.0  # far off at the padded step only
+    target = torch.zeros(1, 2, 1)
+    mask = torch.tensor([[True, False]])
+    assert float(EnergyLoss(m=2).score(samples, target, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(EnergyLoss(m=2).score(samples, target)) > 1.0
+    k = KernelLoss(bandwidth=1.0, m=2)
+    assert float(k.score(samples, target, mask)) < float(k.score(samples, target))
+
+
+def test_loss_settings_errors_say_why():
+    with pytest.raises(ValueError, match=r"m must be an integer >= 2 \(the interaction term"):
+        EnergyLoss(m=1)
+    with pytest.raises(ValueError, match=r">= 1 \(generator samples per example\), got 0"):
+        EnergyLoss(lam=0.0, m=0)
+    with pytest.raises(ValueError, match=r">= 2 \(the kernel score compares samples in pairs\)"):
+        KernelLoss(m=1)
+    with pytest.raises(ValueError, match=r"loss.weighting must be one of \['uniform', 'sigmoid'\]"):
+        EnergyLoss(weighting="cubic")
+    with pytest.raises(ValueError, match=r"loss\.kind is 'kernel', but these options are 'energy'"):
+        EnergyLoss(kind="kernel")
+
+
+def test_time_weight_defaults_and_dtype():
+    from diffusion_policy_dist.diffusion.losses import time_weight
+    from diffusion_policy_dist.diffusion.schedules import make_schedule
+
+    sched = make_schedule({"kind": "cosine"})
+    t = torch.tensor([0.2, 0.7])
+    for space in ("sample", "epsilon", "v"):
+        w = time_weight("sigmoid", sched, t, space=space)
+        assert w.dtype == torch.float32
+        torch.testing.assert_close(w, time_weight("sigmoid", sched, t, 0.0, space))
+    with pytest.raises(ValueError, match="unknown loss space 'x'"):
+        time_weight("sigmoid", sched, t, space="x")
+
+
+def test_description_lists_options_with_commas():
+    sc = sampler_config("distributional", steps=3, churn=0.5)
+    assert sc.describe() == "distributional-3 (churn=0.5)"
+    sc = sampler_config("conjugate", steps=3, lam=0.2)
+    shown = [f"{k}={v}" for k, v in sc.opts().items() if k != "quad_points"]
+    assert len(shown) >= 2 and sc.describe() == f"conjugate-3 ({', '.join(shown)})"
