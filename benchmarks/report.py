@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffusion_policy_dist.benchmarks.suite import markdown_table, plot_results
+from diffusion_policy_dist.benchmarks.suite import markdown_table, plot_results, val_losses
 from diffusion_policy_dist.benchmarks.summary import summarize
 
 from diffusion_policy_dist.files import write_json_atomic
@@ -147,8 +147,7 @@ def val_curves(head: Mapping[str, Any], work_dir: str | None) -> dict[str, list[
         for model in models:
             path = base / f"seed{seed}" / model / "metrics.jsonl"
             if path.exists():
-                vals = [json.loads(x) for x in path.read_text().splitlines() if "val_loss" in x]
-                out[f"{model} seed {seed}"] = [[v["step"], v["val_loss"]] for v in vals]
+                out[f"{model} seed {seed}"] = [list(v) for v in val_losses(path)]
     return out
 
 

@@ -65,19 +65,26 @@ def work_train_overrides(
     return out
 
 
+def val_losses(metrics_path: str | Path) -> list[tuple[int, float]]:
+    """``(step, validation loss)`` of a run, from its metrics.jsonl."""
+    import json
+
+    lines = Path(metrics_path).read_text().splitlines()
+    vals = [json.loads(x) for x in lines if "val_loss" in x]
+    return [(v["step"], v["val_loss"]) for v in vals]
+
+
 def still_falling(metrics_path: str | Path, tail: float = 0.25, rel: float = 0.05) -> float | None:
     """Relative drop of the validation loss over the last ``tail`` of a run, when it exceeds
     ``rel`` (the model is still learning: call it undertrained); None when it has flattened."""
-    import json
-
-    vals = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if "val_loss" in x]
+    vals = val_losses(metrics_path)
     if len(vals) < 4:
         return None
-    last = vals[-1]["step"]
-    early = [v["val_loss"] for v in vals if v["step"] <= (1 - tail) * last]
+    last_step, last_loss = vals[-1]
+    early = [loss for step, loss in vals if step <= (1 - tail) * last_step]
     if not early:
         return None
-    drop = (early[-1] - vals[-1]["val_loss"]) / max(abs(early[-1]), 1e-12)
+    drop = (early[-1] - last_loss) / max(abs(early[-1]), 1e-12)
     return drop if drop > rel else None
 
 
@@ -186,6 +193,21 @@ STYLE = {
 }
 
 
+def _lines(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """One line per label (model, sampler and variant; the method in files of version 0.1),
+    its rows by NFE."""
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        lines.setdefault(r.get("label") or r["method"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["nfe"]) for k, v in lines.items()}
+
+
+def _style(label: str, method: str) -> tuple[str, str, str]:
+    """A method's colour, marker and line style; phase-space lines are gray, so they are not
+    taken for the VP model's lines of the same method."""
+    return STYLE.get(method if "psld" not in label else label, ("gray", "o", "-"))
+
+
 def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
     """Success vs NFE (with 95% CIs) and latency vs NFE, one line per method."""
     import matplotlib
@@ -194,14 +216,9 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-
-    def key(r):
-        return r.get("label") or r["method"]
-
-    methods = list(dict.fromkeys(key(r) for r in rows))
-    for m in methods:
-        rs = sorted((r for r in rows if key(r) == m), key=lambda r: r["nfe"])
-        color, marker, ls = STYLE.get(rs[0]["method"] if "psld" not in m else m, ("gray", "o", "-"))
+    for m, rs in _lines(rows).items():
+        color, marker, ls = _style(m, rs[0]["method"])
+        big = rs[0]["method"] == "ddpm"
         x = [r["nfe"] for r in rs]
         y = [r["success_rate"] for r in rs]
         # clamped: at 0% or 100% the interval's end can differ from the rate by rounding
@@ -218,7 +235,7 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
             marker=marker,
             linestyle=ls or "none",
             capsize=3,
-            markersize=7 if m == "ddpm" else 5,
+            markersize=7 if big else 5,
         )
         ax2.plot(
             x,
@@ -227,7 +244,7 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
             color=color,
             marker=marker,
             linestyle=ls or "none",
-            markersize=9 if m == "ddpm" else 5,
+            markersize=9 if big else 5,
         )
     for ax in (ax1, ax2):
         ax.set_xscale("log")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..control.transitions import delay_steps, next_queue, request_lead
-from .rollout import Rollout, _timed_predict
+from .rollout import Rollout
 
 
 @dataclass
@@ -75,12 +75,7 @@ class RealtimeRollout(Rollout):
         ]
         if not which:
             return
-        obs = self._batch_obs(which)
-        if self.first_obs is None:
-            self.first_obs = {k: v[:1] for k, v in obs.items()}
-        kw = self._prefix(which)
-        out = _timed_predict(self.policy, obs, self.sampler, self.generator, self.chunk_ms, **kw)
-        self.nfe_seen.add(out["nfe"])
+        out = self._predict(which, **self._prefix(which))
         d = self.clock.delay(self.chunk_ms[-1])
         start = self.policy.window.action_start
         plans = out["action_pred"][:, start:].detach().cpu().numpy().astype(np.float32)

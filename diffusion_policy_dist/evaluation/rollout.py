@@ -112,16 +112,22 @@ class Rollout:
         dev = self.policy.device
         return {k: torch.as_tensor(np.ascontiguousarray(v), device=dev) for k, v in obs.items()}
 
+    def _predict(self, which: list[int], **kw: Any) -> dict[str, Any]:
+        """One batched, timed ``predict_action`` for the slots ``which`` (``kw``: e.g. a
+        committed prefix); keeps the first observation for the latency measurement."""
+        obs = self._batch_obs(which)
+        if self.first_obs is None:
+            self.first_obs = {k: v[:1] for k, v in obs.items()}
+        out = _timed_predict(self.policy, obs, self.sampler, self.generator, self.chunk_ms, **kw)
+        self.nfe_seen.add(out["nfe"])
+        return out
+
     def _plan(self) -> None:
         """One batched chunk for every running slot whose queue is empty."""
         which = [i for i in self._running() if not len(self.slots[i].queue)]
         if not which:
             return
-        obs = self._batch_obs(which)
-        if self.first_obs is None:
-            self.first_obs = {k: v[:1] for k, v in obs.items()}
-        out = _timed_predict(self.policy, obs, self.sampler, self.generator, self.chunk_ms)
-        self.nfe_seen.add(out["nfe"])
+        out = self._predict(which)
         actions = out["action"].detach().cpu().numpy().astype(np.float32)
         for j, i in enumerate(which):
             self.slots[i].queue.set(actions[j : j + 1])

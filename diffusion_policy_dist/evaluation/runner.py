@@ -84,7 +84,7 @@ def clock_of(cfg: EvalConfig) -> Clock | None:
     return Clock(cfg.control_hz, parse_latency(cfg.latency), cfg.transition, cfg.blend_steps)
 
 
-def _roll_out(policy, pool, source, sc, cfg, out_dir) -> Rollout:
+def _roll_out(policy, pool, source, sc, cfg, out_dir, clock: Clock | None) -> Rollout:
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
     msg = env_mismatch(pool.observation_space, pool.action_space, policy.shape_meta)
     if msg:
@@ -100,7 +100,6 @@ def _roll_out(policy, pool, source, sc, cfg, out_dir) -> Rollout:
     with bar:
         on_end = _video_writer(pool, source, cfg, out_dir)
         args = (policy, pool, sc, seeds, gen, cfg.video, on_end, lambda: bar.update(1))
-        clock = clock_of(cfg)
         if clock is None or clock.transition == "sync":
             rollout = Rollout(*args)
         else:
@@ -126,10 +125,10 @@ def evaluate(
     sc = policy.sampler_cfg if sampler is None else sampler_options(sampler)
     source, out_dir = env_source(env), Path(output_dir) if output_dir else None
     policy.eval()
-    n = min(cfg.n_envs, cfg.episodes)
+    n, clock = min(cfg.n_envs, cfg.episodes), clock_of(cfg)
     t_start = time.perf_counter()
     with torch_threads(cfg.rollout_threads), _pool_for(source, cfg, n, pool) as p:
-        rollout = _roll_out(policy, p, source, sc, cfg, out_dir)
+        rollout = _roll_out(policy, p, source, sc, cfg, out_dir, clock)
     rollout_s = time.perf_counter() - t_start
     with torch_threads(cfg.torch_threads):
         if cfg.latency_trials > 0 and rollout.first_obs is not None:
@@ -151,7 +150,7 @@ def evaluate(
         "torch_threads": threads,
         "rollout_wallclock_s": rollout_s,
         "chunk_ms": rollout.chunk_ms,
-        "realtime": realtime_metrics(rollout, clock_of(cfg), rollout.records_done()),
+        "realtime": realtime_metrics(rollout, clock, rollout.records_done()),
     }
     stats = episode_stats(records, source.mode_names)
     result = build_result(

@@ -4,7 +4,12 @@ by work budget, seeds, convergence curve, samplers, PSLD, fitted priors, pooling
 import json
 
 import pytest
-from diffusion_policy_dist.benchmarks.runs import parse_sampler, pool_seeds, steps_for_nfe
+from diffusion_policy_dist.benchmarks.runs import (
+    model_for,
+    parse_sampler,
+    pool_seeds,
+    steps_for_nfe,
+)
 
 from diffusion_policy_dist.cli.main import main
 
@@ -17,6 +22,10 @@ def test_parse_sampler_and_steps_for_nfe():
         "kind": "distributional", "steps": 2, "churn": 1.0,
     }  # fmt: skip
     assert steps_for_nfe("naive_vv", 7) == 3 and steps_for_nfe("euler", 7) == 7
+    models = ["ddpm", "distributional", "psld_mean", "psld_distributional"]
+    assert model_for({"kind": "naive_se"}, models) == "psld_mean"  # every phase-space kind
+    assert model_for({"kind": "ddim"}, models) == "ddpm"
+    assert model_for({"kind": "distributional"}, models) == "distributional"
     with pytest.raises(ValueError, match="kind-steps"):
         parse_sampler("ddpm")
 
