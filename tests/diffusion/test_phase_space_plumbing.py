@@ -1,0 +1,242 @@
+"""What the PSLD maths tests cannot see: randomness comes only from the caller's generator,
+tensors keep their dtype and device, bad grids, noise and model outputs are refused with the
+reason, the exact mixture model's defaults, and the Euler-Maruyama noise scale path by path.
+
+Tensors on the ``meta`` device stand in for a GPU: a coefficient or noise tensor created on
+the default device instead of the input's shows up as a CPU tensor.
+"""
+
+import math
+
+import pytest
+import torch
+
+from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+from diffusion_policy_dist.diffusion.phase_space import (
+    METHODS,
+    PhaseSpace,
+    _noise,
+    _reverse_linear,
+    _simpson_sqrt,
+    phase_space_grid,
+    phase_space_mixture_model,
+    sample_phase_space,
+)
+
+F64 = torch.float64
+STOCHASTIC = (("em", {}), ("sscs", {}), ("reduced_oba", {}), ("distributional", {"churn": 0.5}))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def zero_model(z, t, cond=None):
+    return torch.zeros(*z.shape[:-1], z.shape[-1] // 2, dtype=z.dtype, device=z.device)
+
+
+def half_model(z, t, cond=None):
+    return 0.5 * torch.tanh(z[..., : z.shape[-1] // 2])
+
+
+def _run(method, opts, seed, z, noise_in_between=0):
+    torch.manual_seed(noise_in_between)  # the global RNG must not matter
+    g = torch.Generator().manual_seed(seed)
+    ps = PhaseSpace()
+    return sample_phase_space(
+        half_model, z, schedule=ps, method=method, steps=3, generator=g, **opts
+    )[0]
+
+
+@pytest.mark.parametrize("method,opts", STOCHASTIC)
+def test_stochastic_samplers_draw_only_from_the_callers_generator(method, opts):
+    z = PhaseSpace().prior_sample((4, 3), generator=torch.Generator().manual_seed(1), dtype=F64)
+    a = _run(method, opts, seed=7, z=z, noise_in_between=0)
+    b = _run(method, opts, seed=7, z=z, noise_in_between=123)
+    c = _run(method, opts, seed=8, z=z, noise_in_between=0)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_prior_sample_draws_only_from_the_generator_and_keeps_dtype_and_device():
+    ps = PhaseSpace()
+    torch.manual_seed(0)
+    a = ps.prior_sample((5, 2), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    b = ps.prior_sample((5, 2), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert ps.prior_sample((5, 2), dtype=F64).dtype == F64
+    meta = ps.prior_sample((5, 2), device="meta")
+    assert meta.device.type == "meta" and meta.shape == (5, 4)
+
+
+def test_deterministic_distributional_step_uses_no_randomness():
+    """churn 0 adds no noise: the generator is left untouched and the result does not
+    depend on it."""
+    ps = PhaseSpace()
+    z = ps.prior_sample((6, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    g = torch.Generator().manual_seed(5)
+    before = g.get_state()
+    out, _ = sample_phase_space(
+        half_model, z, schedule=ps, method="distributional", steps=4, churn=0.0, generator=g
+    )
+    assert torch.equal(g.get_state(), before)
+    other, _ = sample_phase_space(
+        half_model, z, schedule=ps, method="distributional", steps=4, churn=0.0,
+        generator=torch.Generator().manual_seed(99),
+    )  # fmt: skip
+    assert torch.equal(out, other)
+
+
+def test_noise_and_coefficients_keep_dtype_and_device():
+    z64 = torch.zeros(3, 4, dtype=F64)
+    assert _noise(z64, torch.Generator().manual_seed(0)).dtype == F64
+    assert _noise(torch.zeros(3, 4), None).dtype == torch.float32
+    assert _noise(torch.empty(3, 4, device="meta"), None).device.type == "meta"
+    assert _reverse_linear(PhaseSpace()).dtype == F64
+    u, w = _simpson_sqrt(0.1, 0.9, 5)
+    assert u.dtype == F64 and w.dtype == F64
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_samplers_keep_the_inputs_device_for_the_model_and_the_output(method):
+    """On 'meta' every tensor the sampler makes from z (times, noise, the result) must follow."""
+    devices = []
+
+    def model(z, t, cond=None):
+        devices.append((t.device.type, t.dtype))
+        return zero_model(z, t)
+
+    z = torch.empty(2, 3, 4, device="meta")
+    x0, _ = sample_phase_space(model, z, schedule=PhaseSpace(), method=method, steps=2)
+    assert x0.device.type == "meta" and x0.shape == (2, 3, 2)
+    assert set(devices) == {("meta", torch.float32)}
+
+
+def test_perturb_checks_eps_keeps_dtype_and_device_and_works_on_sequences():
+    ps = PhaseSpace()
+    x0 = torch.randn(4, 5, 2)  # [B, H, D] with H != 2D: the check must use the last axis
+    t = torch.tensor([0.1, 0.4, 0.7, 1.0])
+    eps = torch.randn(4, 5, 4)
+    z = ps.perturb(x0, t, eps)
+    assert z.shape == (4, 5, 4) and z.dtype == torch.float32
+    for i in range(4):  # per example: z = a x0 + L eps, coordinate by coordinate
+        a, S = ps.marginal(float(t[i]))
+        L = torch.linalg.cholesky(S).float()
+        want_x = float(a[0]) * x0[i] + L[0, 0] * eps[i, :, :2]
+        want_m = float(a[1]) * x0[i] + L[1, 0] * eps[i, :, :2] + L[1, 1] * eps[i, :, 2:]
+        torch.testing.assert_close(z[i], torch.cat([want_x, want_m], -1))
+    meta = ps.perturb(x0.to("meta"), t, eps.to("meta"))
+    assert meta.device.type == "meta"
+    for bad in (torch.randn(4, 5, 3), torch.randn(4, 6, 4), torch.randn(3, 5, 4)):
+        with pytest.raises(ValueError, match=r"eps \(\d+, \d+, \d+\) does not fit x0 \(4, 5, 2\)"):
+            ps.perturb(x0, t, bad)
+
+
+def test_log_snr_of_integer_times_is_float64():
+    ps = PhaseSpace()
+    out = ps.log_snr(torch.tensor([1]))
+    assert out.dtype == F64
+    assert float(out[0]) == pytest.approx(float(ps.log_snr(torch.tensor([1.0], dtype=F64))[0]))
+
+
+def test_transition_cov_of_a_batch_of_times_matches_each_time():
+    ps = PhaseSpace()
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
+    batch = ps.transition_cov(t, 0.1)
+    for i in range(3):
+        torch.testing.assert_close(batch[i], ps.transition_cov(float(t[i]), 0.1))
+
+
+@pytest.mark.parametrize(
+    "grid,steps,msg",
+    [
+        ([1.0, 0.5, 0.0], 3, r"steps\+1=4 points ending at 0"),  # too short, ends at 0
+        ([1.0, 0.5, 0.2], 2, r"steps\+1=3 points ending at 0"),  # right length, not at 0
+        ([[1.0, 0.5, 0.0]], 2, r"steps\+1=3 points"),  # 2-D
+        ([1.0, 0.5, 0.5, 0.0], 3, r"descend from at most 1, got \[1.0, 0.5, 0.5, 0.0\]"),
+        ([1.0, 0.4, 0.6, 0.0], 3, "descend"),  # not descending in the middle
+        ([0.4, 0.6, 0.0], 2, "descend"),  # not descending at the start
+        ([1.5, 0.5, 0.0], 2, "descend from at most 1"),  # starts above 1
+    ],
+)
+def test_explicit_grids_are_checked_with_the_reason(grid, steps, msg):
+    with pytest.raises(ValueError, match=msg):
+        phase_space_grid(PhaseSpace(), torch.tensor(grid, dtype=F64), steps, 1.0)
+
+
+def test_explicit_grid_is_float64_and_may_start_at_one():
+    ts = phase_space_grid(PhaseSpace(), [1.0, 0.3, 0.0], 2, 1.0)
+    assert ts.dtype == F64 and ts.tolist() == [1.0, 0.3, 0.0]
+
+
+def _gm():
+    covs = torch.eye(2, dtype=F64).expand(2, 2, 2) * 0.05
+    return GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-0.5, 0.2], [0.6, -0.1]]), covs)
+
+
+def test_mixture_model_defaults_to_the_mean_and_keeps_dtype():
+    ps, gm = PhaseSpace(), _gm()
+    z = ps.prior_sample((3, 2), generator=torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.3)
+    default = phase_space_mixture_model(gm, ps)(z, t)
+    torch.testing.assert_close(default, phase_space_mixture_model(gm, ps, "mean")(z, t))
+    assert default.dtype == torch.float32
+    one = phase_space_mixture_model(gm, ps)(z[:1], t[:1])  # a batch of one example
+    torch.testing.assert_close(one, default[:1])
+    with pytest.raises(ValueError, match="kind must be 'mean' or 'sample', got 'mode'"):
+        phase_space_mixture_model(gm, ps, "mode")
+
+
+def test_euler_maruyama_noise_enters_with_the_diffusion_scale():
+    """z_s(g) - z_s(g') = sqrt(h G G^T) (n(g) - n(g')) path by path: the deterministic part
+    cancels, and n is the generator's standard normal draw of z's shape."""
+    ps = PhaseSpace()
+    z = ps.prior_sample((5, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    grid = torch.tensor([0.6, 0.2, 0.0], dtype=F64)
+
+    def one(seed):
+        g = torch.Generator().manual_seed(seed)
+        seen = []
+        sample_phase_space(
+            zero_model, z, schedule=ps, method="em", steps=2, grid=grid, generator=g,
+            callback=lambda i, t, zz, xx: seen.append(zz),
+        )  # fmt: skip
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+        return seen[-1], noise
+
+    (za, na), (zb, nb) = one(1), one(2)
+    gg = ps.diffusion_diag()
+    scale = torch.cat([torch.full((2,), math.sqrt(0.4 * float(gg[0]))),
+                       torch.full((2,), math.sqrt(0.4 * float(gg[1])))]).to(F64)  # fmt: skip
+    torch.testing.assert_close(za - zb, scale * (na - nb))
+
+
+def test_model_output_shape_error_names_both_shapes():
+    ps = PhaseSpace()
+    z = torch.zeros(2, 3, 6)  # [B, H, 2D] with H != 2D
+
+    def bad(zz, t, cond=None):
+        return torch.zeros(2, 3, 2)
+
+    with pytest.raises(
+        ValueError, match=r"model returned \(2, 3, 2\) for z \(2, 3, 6\); want \(2, 3, 3\)$"
+    ):
+        sample_phase_space(bad, z, schedule=ps, method="euler", steps=1)
+    x0, _ = sample_phase_space(zero_model, z, schedule=ps, method="euler", steps=1)
+    assert x0.shape == (2, 3, 3)
+
+
+def test_clip_bounds_the_estimate_on_both_sides():
+    ps = PhaseSpace()
+    z = torch.zeros(3, 2)
+
+    def spread(zz, t, cond=None):
+        return torch.tensor([[-3.0], [0.25], [3.0]])
+
+    x0, _ = sample_phase_space(spread, z, schedule=ps, method="euler", steps=1, clip_x0=1.0)
+    assert x0.flatten().tolist() == [-1.0, 0.25, 1.0]
