@@ -38,6 +38,7 @@ Every method also takes ``clip_x0`` (clamp x0 estimates to [-c, c]; None by defa
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -672,6 +673,36 @@ def phase_space_grid(ps: PhaseSpace, grid: str | Tensor, steps: int, t_start: fl
     return ts
 
 
+#: Per-step growth rates of the conjugate schemes (phase_space.md §5, §7): lambda_ddim maps back
+#: with Phi(s, t) ~ e^{beta (Gamma + nu) h / 4}; the hybrid frame's couplings grow like
+#: e^{(beta/2)(nu - Gamma) h}. With an exact model both blew up once h x rate reached 2 and were
+#: fine at 1 (benchmarks/results/psld_oracle.md).
+_STIFF_RATE: dict[str, Callable[[PhaseSpace], float]] = {
+    "lambda_ddim": lambda ps: ps.beta * (ps.gamma + ps.nu) / 4.0,
+    "conjugate_se": lambda ps: 0.5 * ps.beta * abs(ps.nu - ps.gamma),
+    "conjugate_vv": lambda ps: 0.5 * ps.beta * abs(ps.nu - ps.gamma),
+}
+
+
+def coarse_step_warning(ps: PhaseSpace, method: str, ts: Tensor) -> str | None:
+    """Why ``method`` is likely to blow up on the descending grid ``ts``, or None.
+
+    Only the conjugate schemes have a step-size limit: their largest integration step h (the
+    final step to 0 is a model call, not an integration) must keep h x rate <= 1.5."""
+    if method not in _STIFF_RATE or len(ts) < 3:
+        return None
+    h = float((ts[:-2] - ts[1:-1]).max())
+    rate = _STIFF_RATE[method](ps)
+    if h * rate <= 1.5:
+        return None
+    return (
+        f"phase-space sampler {method!r} with steps of up to {h:.3g} is unstable for these "
+        f"constants (h x {rate:.3g} = {h * rate:.2g} > 1.5): use at least "
+        f"{math.ceil(rate / 1.5)} uniform steps, or 'distributional' / "
+        f"'reduced_oba' / 'em' for coarse steps (phase_space.md §7)"
+    )
+
+
 @torch.no_grad()
 def sample_phase_space(
     model: ModelFn,
@@ -703,6 +734,9 @@ def sample_phase_space(
     o = {**o, **fixed}
     _split(z_T)  # validates the channel axis
     ts = phase_space_grid(schedule, grid, steps, t_start)
+    why = coarse_step_warning(schedule, method, ts)
+    if why is not None:
+        warnings.warn(why, RuntimeWarning, stacklevel=3)
     den = _Denoiser(model, cond, o["clip_x0"], callback)
     run, z = _Run(schedule, den, o, generator, {}), z_T
     for i in range(steps):

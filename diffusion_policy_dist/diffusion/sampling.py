@@ -233,10 +233,9 @@ def _phase_space_configs() -> list[type[SamplerConfig]]:  # pragma: no mutate
         if method == "distributional":  # pragma: no mutate
             continue  # pragma: no mutate
         extra = [(k, type(v), field(default=v)) for k, v in own.items()]  # pragma: no mutate
-        head = [
-            ("kind", str, field(default=method)),
-            ("steps", int, field(default=10)),
-        ]  # pragma: no mutate
+        kind = ("kind", str, field(default=method))  # pragma: no mutate
+        steps = ("steps", int, field(default=10))  # pragma: no mutate
+        head = [kind, steps]  # pragma: no mutate
         name = "".join(w.title() for w in method.split("_")) + "Sampler"  # pragma: no mutate
         base = (PhaseSpaceSamplerConfig,)  # pragma: no mutate
         out.append(dataclasses.make_dataclass(name, head + extra, bases=base))  # pragma: no mutate

@@ -22,6 +22,8 @@ from diffusion_policy_dist.diffusion.phase_space import (
     sample_phase_space,
 )
 
+# coarse conjugate steps are tested on purpose (their warning: test_phase_space_plumbing.py)
+pytestmark = pytest.mark.filterwarnings("ignore:phase-space sampler .* is unstable:RuntimeWarning")
 F64 = torch.float64
 DEFAULT = {"beta": 8.0, "gamma": 0.01, "nu": 4.01, "kappa": 0.04}
 OTHER = {"beta": 4.0, "gamma": 0.5, "nu": 2.0, "kappa": 0.2}

@@ -18,6 +18,7 @@ from diffusion_policy_dist.diffusion.phase_space import (
     _noise,
     _reverse_linear,
     _simpson_sqrt,
+    coarse_step_warning,
     phase_space_grid,
     phase_space_mixture_model,
     sample_phase_space,
@@ -102,6 +103,7 @@ def test_noise_and_coefficients_keep_dtype_and_device():
     assert u.dtype == F64 and w.dtype == F64
 
 
+@pytest.mark.filterwarnings("ignore:phase-space sampler .* is unstable:RuntimeWarning")
 @pytest.mark.parametrize("method", METHODS)
 def test_samplers_keep_the_inputs_device_for_the_model_and_the_output(method):
     """On 'meta' every tensor the sampler makes from z (times, noise, the result) must follow."""
@@ -240,3 +242,36 @@ def test_clip_bounds_the_estimate_on_both_sides():
 
     x0, _ = sample_phase_space(spread, z, schedule=ps, method="euler", steps=1, clip_x0=1.0)
     assert x0.flatten().tolist() == [-1.0, 0.25, 1.0]
+
+
+@pytest.mark.parametrize(
+    "method,unstable,stable",
+    [("conjugate_se", 8, 11), ("conjugate_vv", 8, 11), ("lambda_ddim", 4, 6), ("euler", None, 2)],
+)
+def test_conjugate_schemes_warn_on_steps_they_cannot_take(method, unstable, stable):
+    """The limits measured with the exact model (benchmarks/results/psld_oracle.md): blown up at
+    h x rate = 2, fine at 1; the warning sits at 1.5 and names the steps that suffice."""
+    ps = PhaseSpace()
+    z = ps.prior_sample((2, 1), dtype=F64)
+    if unstable is not None:
+        why = coarse_step_warning(ps, method, phase_space_grid(ps, "uniform", unstable, 1.0))
+        assert f"at least {stable} uniform steps" in why
+        with pytest.warns(RuntimeWarning, match=f"'{method}' with steps of up to"):
+            sample_phase_space(zero_model, z, schedule=ps, method=method, steps=unstable)
+    assert coarse_step_warning(ps, method, phase_space_grid(ps, "uniform", stable, 1.0)) is None
+    assert coarse_step_warning(ps, method, torch.tensor([1.0, 0.0], dtype=F64)) is None
+    slow = PhaseSpace(beta=1.0)  # a slower process takes the same steps without complaint
+    assert coarse_step_warning(slow, method, phase_space_grid(slow, "uniform", 4, 1.0)) is None
+
+
+def test_coarse_step_warning_edges_and_message():
+    ps = PhaseSpace()
+    two = phase_space_grid(ps, "uniform", 2, 1.0)  # one integration step 1 -> 0.5, then x0
+    assert "h x 16 = 8 > 1.5" in coarse_step_warning(ps, "conjugate_se", two)
+    four = phase_space_grid(ps, "uniform", 4, 1.0)
+    assert "steps of up to 0.25" in coarse_step_warning(ps, "conjugate_vv", four)
+    assert "h x 16 = 4 > 1.5" in coarse_step_warning(ps, "conjugate_vv", four)
+    edge = PhaseSpace(beta=2.0, gamma=0.5, nu=3.5)  # rate (beta/2)(nu - gamma) = 3, h = 0.5
+    assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.5, 0.0])) is None
+    assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.6, 0.0])) is None
+    assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.4, 0.0])) is not None

@@ -197,3 +197,148 @@ def test_description_lists_options_with_commas():
     sc = sampler_config("conjugate", steps=3, lam=0.2)
     shown = [f"{k}={v}" for k, v in sc.opts().items() if k != "quad_points"]
     assert len(shown) >= 2 and sc.describe() == f"conjugate-3 ({', '.join(shown)})"
+
+
+def test_energy_score_edges_beta_two_is_exact_and_m_one_needs_lam_zero():
+    y = torch.randn(3, 4, dtype=torch.float64)
+    same = y[:, None].expand(3, 5, 4)
+    # beta = 2 squares exactly (no smoothing constant): identical samples score exactly 0
+    assert torch.equal(
+        energy_score(same, y, beta=2.0, lam=0.0), torch.zeros(3, dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match=r"beta must be in \(0, 2\], got 0.0"):
+        energy_score(same, y, beta=0.0)
+    with pytest.raises(
+        ValueError, match=r"^energy_score: the interaction term needs m >= 2 samples$"
+    ):
+        energy_score(same[:, :1], y, lam=1.0)
+    assert energy_score(same[:, :1], y, lam=0.0).shape == (3,)
+    meta = energy_score(torch.empty(3, 5, 4, device="meta"), torch.empty(3, 4, device="meta"))
+    assert meta.device.type == "meta"
+
+
+def test_vp_schedule_log_snr_dtype_follows_the_time():
+    from diffusion_policy_dist.diffusion.schedules import make_schedule
+
+    sched = make_schedule("cosine")
+    assert sched.log_snr(torch.tensor([0.5])).dtype == torch.float32
+    assert sched.log_snr(torch.tensor([0.5], dtype=torch.float64)).dtype == torch.float64
+    ints = sched.log_snr(torch.tensor([0, 1]))  # integer times: computed and returned in float64
+    assert ints.dtype == torch.float64
+    assert float(ints[0]) == pytest.approx(float(sched.log_snr(torch.tensor([0.0]).double())[0]))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 1.5, -0.2])
+def test_t_at_alpha_refuses_alphas_outside_the_open_interval(alpha):
+    from diffusion_policy_dist.diffusion.schedules import make_schedule, t_at_alpha
+
+    with pytest.raises(ValueError, match=rf"alpha must be in \(0, 1\), got {alpha}"):
+        t_at_alpha(make_schedule("cosine"), alpha)
+
+
+def test_sampler_option_errors_say_which_option_and_why():
+    with pytest.raises(ValueError, match=r"sampler.eta must be >= 0, got -0.1"):
+        sampler_config("ddim", steps=2, eta=-0.1)
+    for churn in (1.5, -0.5):
+        with pytest.raises(ValueError, match=rf"sampler.churn must be in \[0, 1\], got {churn}"):
+            sampler_config("distributional", steps=2, churn=churn)
+
+
+def test_mixture_draws_come_only_from_the_callers_generator():
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+
+    gm = GaussianMixture(
+        torch.tensor([0.5, 0.5]),
+        torch.tensor([[-1.0, 0.0], [1.0, 0.5]]),
+        torch.eye(2).expand(2, 2, 2) * 0.1,
+    )
+
+    def draws(global_seed):
+        torch.manual_seed(global_seed)
+        x = gm.sample(50, generator=torch.Generator().manual_seed(3))
+        model = gm.as_model("cosine", kind="sample", generator=torch.Generator().manual_seed(4))
+        return x, model(torch.zeros(50, 2), torch.full((50,), 0.5))
+
+    (x1, p1), (x2, p2) = draws(0), draws(1)
+    assert torch.equal(x1, x2) and torch.equal(p1, p2)
+    assert x1.dtype == torch.float64 and x1.shape == (50, 2)
+
+
+def test_vp_schedules_match_their_closed_forms():
+    from diffusion_policy_dist.diffusion.schedules import make_schedule
+
+    t = torch.tensor([0.0, 0.25, 0.5, 0.9], dtype=torch.float64)
+    cos = make_schedule("cosine")
+    s = 0.008
+    want = torch.cos(0.5 * math.pi * (t.clamp_min(1e-4) + s) / (1 + s)) / math.cos(
+        0.5 * math.pi * s / (1 + s)
+    )
+    torch.testing.assert_close(cos.alpha(t), want, rtol=1e-12, atol=0)
+    # t is clamped to 1e-4: alpha(0) = 1 - 2e-6, and the normaliser makes it so
+    assert float(cos.alpha(torch.tensor(0.0, dtype=torch.float64))) == pytest.approx(1.0, abs=1e-5)
+    lin = make_schedule("linear")  # beta(t) = 0.1 + 19.9 t
+    tc = t.clamp_min(1e-4)
+    integral = 0.1 * tc + 0.5 * 19.9 * tc * tc
+    torch.testing.assert_close(lin.alpha(t), torch.exp(-0.5 * integral), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        lin.sigma(t), torch.sqrt(1 - torch.exp(-integral)), rtol=1e-10, atol=0
+    )
+
+
+def test_lambda_ddim_trapezoid_with_three_points_by_hand():
+    """quad_points = 3: I = 1/2 (w0 + w1)(rho1 - rho0) + 1/2 (w1 + w2)(rho2 - rho1), nodes at s,
+    (s + t)/2 and t, rho = sigma/alpha, w = e^{lam (u - s)}."""
+    from diffusion_policy_dist.diffusion.schedules import make_schedule
+
+    sched, lam, t, s = make_schedule("cosine"), 0.3, 0.7, 0.35
+    u = [s, 0.5 * (s + t), t]
+    rho = [float(sched.sigma(torch.tensor(v, dtype=torch.float64)) / sched.alpha(
+        torch.tensor(v, dtype=torch.float64))) for v in u]  # fmt: skip
+    w = [math.exp(lam * (v - s)) for v in u]
+    integral = 0.5 * (w[0] + w[1]) * (rho[1] - rho[0]) + 0.5 * (w[1] + w[2]) * (rho[2] - rho[1])
+    a = {v: float(sched.alpha(torch.tensor(v, dtype=torch.float64))) for v in (s, t)}
+    sg = {v: float(sched.sigma(torch.tensor(v, dtype=torch.float64))) for v in (s, t)}
+    h = t - s
+    k_x = (a[s] / a[t]) * (1 - lam * h) * math.exp(lam * h) - a[s] * integral / sg[t]
+    k_0 = a[s] * integral * a[t] / sg[t]
+    got = sampler_config("conjugate", steps=2, lam=lam, quad_points=3).coefs(sched, t, s)
+    assert got == pytest.approx((k_x, k_0, 0.0), rel=1e-12, abs=1e-15)
+    assert sampler_config("conjugate", steps=2, quad_points=2).quad_points == 2
+    with pytest.raises(ValueError, match=r"sampler.quad_points must be >= 2, got 1"):
+        sampler_config("conjugate", steps=2, quad_points=1)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"sampler.alpha_min must be in \(0, 1\), got {bad}"):
+            sampler_config("conjugate", steps=2, alpha_min=bad)
+
+
+def test_t_at_alpha_solves_to_the_requested_tolerance():
+    from diffusion_policy_dist.diffusion.schedules import make_schedule, t_at_alpha
+
+    sched = make_schedule("cosine")
+    for alpha in (0.02, 0.4, 0.9):
+        t = t_at_alpha(sched, alpha, tol=1e-13)
+        assert float(sched.alpha(torch.tensor(t, dtype=torch.float64))) == pytest.approx(
+            alpha, abs=1e-11
+        )
+
+
+def test_mixture_posterior_draws_with_a_time_per_example_match_the_posterior():
+    """Different times per row give different posterior covariances per row (the general
+    path, not the shared-covariance shortcut): each row's draws must match its own posterior."""
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+
+    covs = torch.stack([torch.eye(2) * 0.2, torch.tensor([[0.3, 0.1], [0.1, 0.2]])])
+    gm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), covs)
+    n = 20000
+    x_t = torch.tensor([[0.2, -0.1], [0.9, 0.4]], dtype=torch.float64).repeat_interleave(n, 0)
+    a = torch.tensor([0.9, 0.4], dtype=torch.float64).repeat_interleave(n)
+    s = (1 - a * a).sqrt()
+    draws = gm.posterior_sample(x_t, a, s, generator=torch.Generator().manual_seed(0))
+    w, means, pcovs = gm.posterior(x_t[::n], a[::n], s[::n])
+    for i in range(2):
+        mean = (w[i, :, None] * means[i]).sum(0)
+        d = means[i] - mean
+        cov = (w[i, :, None, None] * (pcovs[i] + d[:, :, None] * d[:, None, :])).sum(0)
+        got = draws[i * n : (i + 1) * n]
+        torch.testing.assert_close(got.mean(0), mean, atol=0.02, rtol=0)
+        torch.testing.assert_close(torch.cov(got.T), cov, atol=0.02, rtol=0)
