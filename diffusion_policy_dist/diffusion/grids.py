@@ -20,6 +20,17 @@ from .schedules import Schedule, log_snr
 GRIDS = ("uniform", "quadratic", "edm", "logsnr")
 
 
+def explicit_grid(grid: Tensor | list[float], steps: int) -> Tensor:
+    """A caller's own grid as float64 ``[steps + 1]``; it must be 1-D and descend strictly from at
+    most 1 to exactly 0 (ValueError saying which rule it breaks)."""
+    ts = torch.as_tensor(grid, dtype=torch.float64)
+    if ts.dim() != 1 or len(ts) != steps + 1 or float(ts[-1]) != 0.0:
+        raise ValueError(f"explicit grid must be 1-D with steps+1={steps + 1} points ending at 0")
+    if not bool((ts[:-1] > ts[1:]).all()) or float(ts[0]) > 1.0:
+        raise ValueError(f"explicit grid must descend from at most 1, got {ts.tolist()}")
+    return ts
+
+
 def _invert_decreasing(f: Callable[[Tensor], Tensor], targets: Tensor, iters: int = 64) -> Tensor:
     """Solve ``f(t) = target`` for t in [0, 1] with f decreasing, elementwise, by bisection."""
     lo = torch.zeros_like(targets)

@@ -661,16 +661,11 @@ class _XChannel:
 def phase_space_grid(ps: PhaseSpace, grid: str | Tensor, steps: int, t_start: float) -> Tensor:
     """Descending float64 times ``[steps + 1]`` from t_start to exactly 0 (a name from
     :data:`~.grids.GRIDS` or an explicit tensor)."""
-    if isinstance(grid, str):
-        from .grids import time_grid
+    from .grids import explicit_grid, time_grid  # grids -> schedules -> this module
 
+    if isinstance(grid, str):
         return time_grid(grid, steps, t_start=t_start, schedule=_XChannel(ps))
-    ts = torch.as_tensor(grid, dtype=_F64)
-    if ts.dim() != 1 or len(ts) != steps + 1 or float(ts[-1]) != 0.0:
-        raise ValueError(f"explicit grid must be 1-D with steps+1={steps + 1} points ending at 0")
-    if not bool((ts[:-1] > ts[1:]).all()) or float(ts[0]) > 1.0:
-        raise ValueError(f"explicit grid must descend from at most 1, got {ts.tolist()}")
-    return ts
+    return explicit_grid(grid, steps)
 
 
 #: Per-step growth rates of the conjugate schemes (phase_space.md §5, §7): lambda_ddim maps back

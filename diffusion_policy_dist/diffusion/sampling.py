@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .grids import GRIDS, time_grid
+from .grids import GRIDS, explicit_grid, time_grid
 from .phase_space import _OPTS as PHASE_SPACE_OPTS
 from .phase_space import PhaseSpace, check_phase_space_opts, sample_phase_space
 from .schedules import Schedule, make_schedule, t_at_alpha
@@ -268,10 +268,7 @@ def sampler_config(method: str, **options: Any) -> SamplerConfig:
 def _grid(sched: Schedule, grid: str | Tensor, steps: int, t_start: float) -> Tensor:
     if isinstance(grid, str):
         return time_grid(grid, steps, t_start=t_start, schedule=sched)
-    ts = torch.as_tensor(grid, dtype=torch.float64)
-    if ts.dim() != 1 or len(ts) != steps + 1 or float(ts[-1]) != 0.0:
-        raise ValueError(f"explicit grid must be 1-D with steps+1={steps + 1} points ending at 0")
-    return ts
+    return explicit_grid(grid, steps)
 
 
 @torch.no_grad()

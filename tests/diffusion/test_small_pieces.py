@@ -342,3 +342,53 @@ def test_mixture_posterior_draws_with_a_time_per_example_match_the_posterior():
         got = draws[i * n : (i + 1) * n]
         torch.testing.assert_close(got.mean(0), mean, atol=0.02, rtol=0)
         torch.testing.assert_close(torch.cov(got.T), cov, atol=0.02, rtol=0)
+
+
+def test_vp_sampler_takes_an_explicit_grid_and_checks_it():
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+    from diffusion_policy_dist.diffusion.sampling import sample
+
+    gm = GaussianMixture(torch.ones(2), torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1, 1) * 0.1)
+    model = gm.as_model("cosine")
+    x = torch.randn(4, 1, generator=torch.Generator().manual_seed(0))
+    seen = []
+    named, _ = sample(model, x, schedule="cosine", method="ddim", steps=3, grid="uniform")
+    mine, nfe = sample(
+        model, x, schedule="cosine", method="ddim", steps=3, grid=[1.0, 2 / 3, 1 / 3, 0.0],
+        callback=lambda i, t, xx, x0: seen.append(t),
+    )  # fmt: skip
+    torch.testing.assert_close(mine, named)
+    assert nfe == 3 and seen == pytest.approx([1.0, 2 / 3, 1 / 3], abs=1e-15)
+    for grid, steps, msg in [
+        ([1.0, 0.5, 0.0], 3, r"steps\+1=4 points ending at 0"),
+        ([1.0, 0.5, 0.2], 2, r"steps\+1=3 points ending at 0"),
+        ([[1.0, 0.5, 0.0]], 2, "1-D"),
+        ([0.5, 1.0, 0.0], 2, r"descend from at most 1, got \[0.5, 1.0, 0.0\]"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            sample(model, x, schedule="cosine", method="ddim", steps=steps, grid=grid)
+
+
+def test_a_schedule_returning_nan_is_named_in_the_error():
+    from diffusion_policy_dist.diffusion.sampling import sample
+
+    class HalfBroken:  # finite sigma, NaN alpha
+        def alpha(self, t):
+            return torch.full_like(torch.as_tensor(t, dtype=torch.float64), float("nan"))
+
+        def sigma(self, t):
+            return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
+
+    def model(x, t, cond=None):
+        return torch.zeros_like(x)
+
+    with pytest.raises(ValueError, match=r"^schedule returned alpha=nan, sigma=1.0 at t=1.0$"):
+        sample(model, torch.zeros(2, 1), schedule=HalfBroken(), method="ddim", steps=2)
+
+
+def test_oracle_model_kind_error_names_the_kind():
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+
+    gm = GaussianMixture(torch.ones(1), torch.zeros(1, 1), torch.ones(1, 1, 1))
+    with pytest.raises(ValueError, match=r"^kind must be 'mean' or 'sample', got 'mode'$"):
+        gm.as_model("cosine", kind="mode")
