@@ -212,7 +212,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind != self.kind_name():
             raise ValueError(
-                f"loss.kind is {self.kind!r}, but these options are {self.kind_name()!r}'s; "
+                f"loss.kind is {self.kind!r}, but these options are for {self.kind_name()!r}; "
                 f"pick another loss with loss={self.kind}"
             )
         if self.weighting not in WEIGHTINGS:

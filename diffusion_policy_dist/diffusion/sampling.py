@@ -83,7 +83,7 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.kind != self.kind_name():
             raise ValueError(
-                f"sampler.kind is {self.kind!r}, but these options are {self.kind_name()!r}'s; "
+                f"sampler.kind is {self.kind!r}, but these options are for {self.kind_name()!r}; "
                 f"pick another sampler with sampler={self.kind}"
             )
         if not isinstance(self.steps, int) or self.steps < 1:

@@ -173,7 +173,9 @@ def test_loss_settings_errors_say_why():
         KernelLoss(m=1)
     with pytest.raises(ValueError, match=r"loss.weighting must be one of \['uniform', 'sigmoid'\]"):
         EnergyLoss(weighting="cubic")
-    with pytest.raises(ValueError, match=r"loss\.kind is 'kernel', but these options are 'energy'"):
+    with pytest.raises(
+        ValueError, match=r"loss\.kind is 'kernel', but these options are for 'energy'"
+    ):
         EnergyLoss(kind="kernel")
 
 
@@ -392,3 +394,74 @@ def test_oracle_model_kind_error_names_the_kind():
     gm = GaussianMixture(torch.ones(1), torch.zeros(1, 1), torch.ones(1, 1, 1))
     with pytest.raises(ValueError, match=r"^kind must be 'mean' or 'sample', got 'mode'$"):
         gm.as_model("cosine", kind="mode")
+
+
+@pytest.mark.parametrize(
+    "options,msg",
+    [
+        ({"steps": 0}, r"sampler.steps must be an integer >= 1, got 0"),
+        ({"steps": 2.5}, r"sampler.steps must be an integer >= 1, got 2.5"),
+        (
+            {"grid": "log"},
+            r"sampler.grid must be one of \['uniform', 'quadratic', 'edm', 'logsnr'\]",
+        ),
+        ({"t_start": 0.0}, r"sampler.t_start must be in \(0, 1\], got 0.0"),
+        ({"t_start": 1.5}, r"sampler.t_start must be in \(0, 1\], got 1.5"),
+        ({"clip_x0": 0.0}, r"sampler.clip_x0 must be > 0 or null, got 0.0"),
+        ({"kind": "ddpm"}, r"does not take option\(s\) \['kind'\]; its own options are \['eta'\]"),
+    ],
+)
+def test_common_sampler_options_are_checked_with_the_value(options, msg):
+    with pytest.raises(ValueError, match=msg):
+        sampler_config("ddim", **options)
+
+
+def test_a_sampler_class_refuses_another_kind():
+    from diffusion_policy_dist.diffusion.sampling import SAMPLERS
+
+    with pytest.raises(
+        ValueError,
+        match=r"^sampler.kind is 'ddpm', but these options are for 'ddim'; pick another sampler "
+        r"with sampler=ddpm$",
+    ):
+        SAMPLERS["ddim"](kind="ddpm")
+    assert sampler_config("ddim", clip_x0=None, t_start=1.0).clip_x0 is None
+
+
+def test_make_schedule_from_names_configs_and_objects():
+    from diffusion_policy_dist.diffusion.schedules import CosineSchedule, make_schedule
+
+    class Mapping:  # anything with keys() reads like a config (omegaconf's DictConfig does)
+        def __init__(self, d):
+            self.d = d
+
+        def keys(self):
+            return self.d.keys()
+
+        def __getitem__(self, k):
+            return self.d[k]
+
+    assert make_schedule({"kind": "cosine", "s": 0.02}).s == 0.02
+    assert make_schedule(Mapping({"kind": "cosine", "s": 0.03})).s == 0.03
+    assert make_schedule({"name": "linear", "beta_max": 10.0}).beta_max == 10.0  # written by 0.1
+    assert make_schedule({"kind": "cosine"}, s=0.05).s == 0.05
+    own = CosineSchedule(s=0.01)
+    assert make_schedule(own) is own
+    with pytest.raises(ValueError, match=r"^schedule config \{'s': 0.02\} has no 'kind'$"):
+        make_schedule({"s": 0.02})
+
+    class AlphaOnly:
+        def alpha(self, t):
+            return t
+
+    with pytest.raises(TypeError, match="object with alpha"):
+        make_schedule(AlphaOnly())
+
+
+def test_oracle_model_keeps_the_input_dtype():
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+
+    gm = GaussianMixture(torch.ones(2), torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1, 1) * 0.1)
+    for kind in ("mean", "sample"):
+        out = gm.as_model("cosine", kind=kind)(torch.zeros(3, 1), torch.full((3,), 0.5))
+        assert out.dtype == torch.float32 and out.shape == (3, 1)
