@@ -275,3 +275,31 @@ def test_coarse_step_warning_edges_and_message():
     assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.5, 0.0])) is None
     assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.6, 0.0])) is None
     assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.4, 0.0])) is not None
+
+
+def test_oba_noise_enters_the_o_step_with_its_exact_scale():
+    """With an x0 = 0 model the OBA step is linear in the post-O state (x', m') = (f_x x + c_x n_x,
+    f_m m + c_m n_m), f = e^{-(beta/2) Gamma h}, e^{-(beta/2) nu h}, c_x = sqrt(1 - f_x^2),
+    c_m = sqrt(M (1 - f_m^2)). Probing that linear map K with noise-free differences, the
+    difference between two generators' results must be K (c_x dn_x, c_m dn_m), path by path."""
+    ps, t, s = PhaseSpace(), 0.6, 0.45
+    grid = torch.tensor([t, s, 0.0], dtype=F64)
+    h, b = t - s, 0.5 * ps.beta
+    fx, fm = math.exp(-b * ps.gamma * h), math.exp(-b * ps.nu * h)
+    cx, cm = math.sqrt(1 - fx * fx), math.sqrt(ps.mass * (1 - fm * fm))
+
+    def out(x, m, seed):
+        seen = []
+        sample_phase_space(
+            zero_model, torch.tensor([[x, m]], dtype=F64), schedule=ps, method="reduced_oba",
+            steps=2, grid=grid, generator=torch.Generator().manual_seed(seed),
+            callback=lambda i, u, zz, xx: seen.append(zz),
+        )  # fmt: skip
+        return seen[-1][0]
+
+    base = out(0.0, 0.0, 1)
+    K = torch.stack([out(1 / fx, 0.0, 1) - base, out(0.0, 1 / fm, 1) - base], dim=1)
+    n1, n2 = (torch.randn(1, 2, generator=torch.Generator().manual_seed(k), dtype=F64)[0]
+              for k in (1, 2))  # fmt: skip
+    want = K @ (torch.tensor([cx, cm], dtype=F64) * (n1 - n2))
+    torch.testing.assert_close(base - out(0.0, 0.0, 2), want)
