@@ -465,3 +465,71 @@ def test_oracle_model_keeps_the_input_dtype():
     for kind in ("mean", "sample"):
         out = gm.as_model("cosine", kind=kind)(torch.zeros(3, 1), torch.full((3,), 0.5))
         assert out.dtype == torch.float32 and out.shape == (3, 1)
+
+
+def _kernel_score_by_hand(x, y, kind, h):
+    """-2/m sum_j k(x_j, y) + 1/(m(m-1)) sum_{j != j'} k(x_j, x_j'), one example at a time."""
+
+    def k(a, b):
+        d2 = float(((a - b) ** 2).sum())
+        return math.exp(-0.5 * d2 / h**2) if kind == "rbf" else (1 + d2 / h**2) ** -0.5
+
+    out = []
+    for xb, yb in zip(x, y, strict=True):
+        m = len(xb)
+        fit = sum(k(xj, yb) for xj in xb)
+        pair = sum(k(xb[i], xb[j]) for i in range(m) for j in range(m) if i != j)
+        out.append(-2.0 * fit / m + pair / (m * (m - 1)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["rbf", "imq"])
+def test_kernel_score_by_hand_in_float64(kind):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    got = kernel_score(x, y, kernel=kind, bandwidth=0.3)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _kernel_score_by_hand(x, y, kind, 0.3), rtol=1e-12, atol=0)
+    if kind == "rbf":  # the default kernel
+        torch.testing.assert_close(kernel_score(x, y, bandwidth=0.3), got, rtol=0, atol=0)
+
+
+def test_kernel_score_refuses_bad_shapes_and_kernels_and_follows_the_device():
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 4)
+    with pytest.raises(
+        ValueError,
+        match=r"^kernel_score: samples must be \[B, m, \*shape\] with target \[B, \*shape\]; "
+        r"got samples \(2, 3, 4\) and target \(2, 5\)$",
+    ):
+        kernel_score(x, torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"^kernel_score needs m >= 2 samples per example$"):
+        kernel_score(x[:, :1], y)
+    with pytest.raises(
+        ValueError, match=r"^unknown kernel 'laplace'; choose one of \('rbf', 'imq'\)$"
+    ):
+        kernel_score(x, y, kernel="laplace", bandwidth=1.0)
+    meta = kernel_score(x.to("meta"), y.to("meta"), bandwidth=1.0)
+    assert meta.device.type == "meta" and meta.shape == (2,)
+
+
+def test_kernel_score_mask_zeroes_the_padded_steps_of_every_sample():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 5, 2, generator=g)  # [B, m, H, D] with H != m
+    y = torch.randn(2, 5, 2, generator=g)
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    want = kernel_score(x * keep[:, None, :, None], y * keep[:, :, None], bandwidth=0.7)
+    torch.testing.assert_close(kernel_score(x, y, bandwidth=0.7, mask=keep), want)
+
+
+def test_data_bandwidth_is_the_median_squared_distance_between_targets():
+    from diffusion_policy_dist.diffusion.losses import data_bandwidth2
+
+    assert data_bandwidth2(torch.zeros(1, 3)) == 1.0  # a batch of one: no pairs
+    two = torch.tensor([[0.0, 0.0], [0.3, 0.4]], dtype=torch.float64)
+    assert data_bandwidth2(two) == pytest.approx(0.25, rel=1e-12)
+    col = torch.tensor([[0.0], [0.01], [0.03], [0.06], [0.1]], dtype=torch.float64)  # D = 1
+    d2 = sorted((a - b) ** 2 for i, a in enumerate(col[:, 0].tolist())
+                for b in col[i + 1 :, 0].tolist())  # fmt: skip
+    assert data_bandwidth2(col) == pytest.approx(0.5 * (d2[4] + d2[5]), rel=1e-9)
+    assert data_bandwidth2(torch.ones(4, 2)) == 1e-6  # identical targets: the floor
