@@ -533,3 +533,35 @@ def test_data_bandwidth_is_the_median_squared_distance_between_targets():
                 for b in col[i + 1 :, 0].tolist())  # fmt: skip
     assert data_bandwidth2(col) == pytest.approx(0.5 * (d2[4] + d2[5]), rel=1e-9)
     assert data_bandwidth2(torch.ones(4, 2)) == 1e-6  # identical targets: the floor
+
+
+@pytest.mark.parametrize(
+    "method,opts,msg",
+    [
+        ("distributional", {"clip_x0": 0.0}, r"^clip_x0 must be > 0 or None, got 0.0$"),
+        ("distributional", {"churn": 1.5}, r"^churn must be in \[0, 1\], got 1.5$"),
+        ("lambda_ddim", {"lam": float("inf")}, r"^lam must be finite, got inf$"),
+        ("conjugate_vv", {"lam": float("nan")}, r"^lam must be finite, got nan$"),
+        ("lambda_ddim", {"quad_points": 5.0}, r"odd integer >= 3 \(Simpson\), got 5.0$"),
+        ("lambda_ddim", {"quad_points": 1}, r"odd integer >= 3 \(Simpson\), got 1$"),
+    ],
+)
+def test_phase_space_options_are_refused_with_the_value(method, opts, msg):
+    from diffusion_policy_dist.diffusion.phase_space import check_phase_space_opts
+
+    with pytest.raises(ValueError, match=msg):
+        check_phase_space_opts(method, opts)
+
+
+def test_phase_space_options_smallest_simpson_rule_is_accepted():
+    from diffusion_policy_dist.diffusion.phase_space import check_phase_space_opts
+
+    assert check_phase_space_opts("lambda_ddim", {"quad_points": 3})["quad_points"] == 3
+    assert check_phase_space_opts("conjugate_se", {"lam": -0.5})["lam"] == -0.5
+
+
+def test_masks_do_not_change_the_scores_dtype():
+    x, y = torch.randn(2, 3, 4, 2), torch.randn(2, 4, 2)
+    keep = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    assert energy_score(x, y, mask=keep).dtype == torch.float32
+    assert kernel_score(x, y, mask=keep, bandwidth=1.0).dtype == torch.float32
