@@ -303,3 +303,15 @@ def test_oba_noise_enters_the_o_step_with_its_exact_scale():
               for k in (1, 2))  # fmt: skip
     want = K @ (torch.tensor([cx, cm], dtype=F64) * (n1 - n2))
     torch.testing.assert_close(base - out(0.0, 0.0, 2), want)
+
+
+def test_extrapolate_must_be_a_bool_and_times_clamp_to_the_unit_interval():
+    from diffusion_policy_dist.diffusion.phase_space import _sym, check_phase_space_opts
+
+    with pytest.raises(ValueError, match=r"^extrapolate must be a bool, got 1$"):
+        check_phase_space_opts("reduced_vv", {"extrapolate": 1})
+    ps = PhaseSpace(t_min=1e-3)
+    assert ps.clamp(torch.tensor([0.0, 0.5, 1.5])).tolist() == [1e-3, 0.5, 1.0]
+    A = torch.tensor([[1.0, 2.0], [0.0, 3.0]], dtype=F64)
+    want = torch.tensor([[1.0, 1.0], [1.0, 3.0]], dtype=F64)
+    assert torch.equal(_sym(A), want) and torch.equal(_sym(A.expand(4, 2, 2)), want.expand(4, 2, 2))
