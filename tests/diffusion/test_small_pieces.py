@@ -565,3 +565,48 @@ def test_masks_do_not_change_the_scores_dtype():
     keep = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     assert energy_score(x, y, mask=keep).dtype == torch.float32
     assert kernel_score(x, y, mask=keep, bandwidth=1.0).dtype == torch.float32
+
+
+def test_log_snr_of_any_schedule_uses_its_own_when_it_has_one():
+    from diffusion_policy_dist.diffusion.schedules import log_snr
+
+    class Plain:  # alpha and sigma only
+        def alpha(self, t):
+            return torch.cos(0.5 * math.pi * torch.as_tensor(t))
+
+        def sigma(self, t):
+            return torch.sin(0.5 * math.pi * torch.as_tensor(t))
+
+    class Own(Plain):
+        def log_snr(self, t):
+            return torch.full_like(torch.as_tensor(t), 42.0)
+
+    t = torch.tensor([0.25, 0.5])
+    got = log_snr(Plain(), t)
+    want = 2 * torch.log(
+        torch.cos(0.5 * math.pi * t.double()) / torch.sin(0.5 * math.pi * t.double())
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want.float())
+    assert log_snr(Own(), t).tolist() == [42.0, 42.0]
+
+
+def test_gaussian_mixture_normalises_weights_in_float64_and_checks_shapes():
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+
+    gm = GaussianMixture(torch.tensor([1.0, 3.0]), torch.zeros(2, 1), torch.ones(2, 1, 1))
+    assert gm.weights.dtype == torch.float64 and gm.weights.tolist() == [0.25, 0.75]
+    with pytest.raises(
+        ValueError,
+        match=r"^GaussianMixture: weights \(3,\), means \(2, 1\), covs \(2, 1, 1\) do not agree$",
+    ):
+        GaussianMixture(torch.ones(3), torch.zeros(2, 1), torch.ones(2, 1, 1))
+    with pytest.raises(ValueError, match=r"covs \(2, 2, 2\) do not agree"):
+        GaussianMixture(torch.ones(2), torch.zeros(2, 1), torch.ones(2, 2, 2))
+
+
+def test_make_schedule_type_error_names_the_type():
+    from diffusion_policy_dist.diffusion.schedules import make_schedule
+
+    with pytest.raises(TypeError, match=r"got int$"):
+        make_schedule(3)
