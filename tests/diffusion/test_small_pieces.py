@@ -276,6 +276,13 @@ def test_vp_schedules_match_their_closed_forms():
         0.5 * math.pi * s / (1 + s)
     )
     torch.testing.assert_close(cos.alpha(t), want, rtol=1e-12, atol=0)
+    # another offset too: at s = 0.008, cos(pi/2 / s / (1 + s)) equals cos(pi/2 s / (1 + s)) to
+    # 1e-15 (the angle is 62 pi away), so a swapped operator there would go unseen
+    s2 = 0.02
+    want2 = torch.cos(0.5 * math.pi * (t.clamp_min(1e-4) + s2) / (1 + s2)) / math.cos(
+        0.5 * math.pi * s2 / (1 + s2)
+    )
+    torch.testing.assert_close(make_schedule("cosine", s=s2).alpha(t), want2, rtol=1e-12, atol=0)
     # t is clamped to 1e-4: alpha(0) = 1 - 2e-6, and the normaliser makes it so
     assert float(cos.alpha(torch.tensor(0.0, dtype=torch.float64))) == pytest.approx(1.0, abs=1e-5)
     lin = make_schedule("linear")  # beta(t) = 0.1 + 19.9 t
@@ -610,3 +617,105 @@ def test_make_schedule_type_error_names_the_type():
 
     with pytest.raises(TypeError, match=r"got int$"):
         make_schedule(3)
+
+
+def test_time_grids_by_hand():
+    from diffusion_policy_dist.diffusion.grids import time_grid
+    from diffusion_policy_dist.diffusion.schedules import CosineSchedule, log_snr
+
+    f64 = torch.float64
+    uni = time_grid("uniform", 3, t_start=0.9)
+    assert uni.dtype == f64
+    torch.testing.assert_close(
+        uni, torch.tensor([0.9, 0.6, 0.3, 0.0], dtype=f64), rtol=1e-15, atol=0
+    )
+    assert time_grid("quadratic", 2).tolist() == [1.0, 0.25, 0.0]
+    assert time_grid("quadratic", 2, rho=3.0).tolist() == [1.0, 0.125, 0.0]
+    sched = CosineSchedule(t_min=1e-3)  # the grids end their levels at the schedule's t_min
+
+    def noise(t):
+        t = torch.tensor(t, dtype=f64)
+        return float(sched.sigma(t) / sched.alpha(t))
+
+    K, t0 = 4, 0.95
+    frac = [i / K for i in range(K + 1)]
+    for r in (7.0, 3.0):
+        hi, lo = noise(t0) ** (1 / r), noise(1e-3) ** (1 / r)
+        want = [(hi + f * (lo - hi)) ** r for f in frac]
+        g = time_grid("edm", K, t_start=t0, schedule=sched, rho=None if r == 7.0 else r)
+        assert g[0] == t0 and g[-1] == 0.0
+        got = [noise(float(t)) for t in g[1:-1]]
+        assert got == pytest.approx(want[1:-1], rel=1e-9)
+    lam = [float(log_snr(sched, torch.tensor(t, dtype=f64))) for t in (t0, 1e-3)]
+    g = time_grid("logsnr", K, t_start=t0, schedule=sched)
+    got = [float(log_snr(sched, torch.tensor(float(t), dtype=f64))) for t in g[1:-1]]
+    assert got == pytest.approx([lam[0] + f * (lam[1] - lam[0]) for f in frac[1:-1]], rel=1e-9)
+
+
+class _Trig:
+    """alpha = cos(pi t / 2), sigma = sin(pi t / 2), not clamped, no t_min (grids assume 1e-4)."""
+
+    def alpha(self, t):
+        return torch.cos(0.5 * math.pi * torch.as_tensor(t, dtype=torch.float64))
+
+    def sigma(self, t):
+        return torch.sin(0.5 * math.pi * torch.as_tensor(t, dtype=torch.float64))
+
+
+class _TrigFrom(_Trig):
+    t_min = 1e-2
+
+
+@pytest.mark.parametrize("sched,t_lo", [(_Trig(), 1e-4), (_TrigFrom(), 1e-2)])
+def test_grids_end_their_levels_at_the_schedules_smallest_time(sched, t_lo):
+    from diffusion_policy_dist.diffusion.grids import time_grid
+
+    def noise(t):
+        return math.tan(0.5 * math.pi * t)
+
+    hi, lo = noise(1.0 - 1e-3) ** (1 / 7), noise(t_lo) ** (1 / 7)
+    g = time_grid("edm", 3, t_start=1.0 - 1e-3, schedule=sched)
+    want = [(hi + f * (lo - hi)) ** 7 for f in (1 / 3, 2 / 3)]
+    assert [noise(float(t)) for t in g[1:-1]] == pytest.approx(want, rel=1e-9)
+
+
+def test_time_grid_refusals_say_why():
+    from diffusion_policy_dist.diffusion.grids import time_grid
+
+    class Flat:  # constant alpha: every log-SNR level is the same, so the grid cannot descend
+        t_min = 1e-3
+
+        def alpha(self, t):
+            return torch.full_like(torch.as_tensor(t, dtype=torch.float64), 0.5)
+
+        def sigma(self, t):
+            return torch.full_like(torch.as_tensor(t, dtype=torch.float64), 0.75**0.5)
+
+    for args, kw, msg in [
+        (("uniform", 0), {}, r"^steps must be >= 1, got 0$"),
+        (("uniform", 2), {"t_start": 0.0}, r"^t_start must be in \(0, 1\], got 0.0$"),
+        (("uniform", 2), {"t_start": 1.5}, r"^t_start must be in \(0, 1\], got 1.5$"),
+        (("edm", 2), {}, r"^grid 'edm' needs the schedule$"),
+        (("cosine", 2), {}, r"^unknown time grid 'cosine'; choose one of \('uniform'"),
+        (("logsnr", 3), {"schedule": Flat()}, r"^time grid 'logsnr' with 3 steps from "
+         r"t_start=1.0 is not strictly decreasing: \[1.0, "),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            time_grid(*args, **kw)
+
+
+def test_mixture_posterior_per_row_times_match_one_row_at_a_time():
+    """Rows with different (a, s) must not share the first row's factors; the reference is
+    each row on its own (one row: nothing to share)."""
+    from diffusion_policy_dist.diffusion.oracle import GaussianMixture
+
+    covs = torch.stack([torch.eye(2) * 0.2, torch.tensor([[0.3, 0.1], [0.1, 0.2]])])
+    gm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), covs)
+    x = torch.tensor([[0.2, -0.1], [0.9, 0.4], [-0.5, 0.3]], dtype=torch.float64)
+    for a, s in [([0.9, 0.4, 0.7], [0.3, 0.8, 0.5]), ([0.6, 0.6, 0.6], [0.2, 0.5, 0.9])]:
+        got = gm.posterior(x, a, s)  # python floats: must be read as float64
+        for i in range(3):
+            one = gm.posterior(x[i : i + 1], torch.tensor([a[i]], dtype=torch.float64),
+                               torch.tensor([s[i]], dtype=torch.float64))  # fmt: skip
+            for g_part, o_part in zip(got, one, strict=True):
+                torch.testing.assert_close(g_part[i], o_part[0], rtol=1e-13, atol=1e-15)
