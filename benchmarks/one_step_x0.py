@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SAMPLERS = (
@@ -29,17 +30,14 @@ SAMPLERS = (
 
 def first_observations(dataset: str, shape_meta: dict, n: int) -> tuple[dict, torch.Tensor]:
     """``({key: [n, 2, *shape]}, first actions [n, Da])`` at the demonstrations' starts."""
-    import numpy as np
-    import zarr
+    from diffusion_policy_dist.data import ReplayBuffer
 
-    root = zarr.open(dataset, mode="r")
-    ends = root["meta/episode_ends"][:]
-    starts = np.concatenate([[0], ends[:-1]])[:n]
-    obs = {}
-    for k in shape_meta["obs"]:
-        x = torch.as_tensor(root["data"][k][:][starts]).float()
-        obs[k] = x[:, None].expand(-1, 2, *x.shape[1:])
-    return obs, torch.as_tensor(root["data"]["action"][:][starts]).float()
+    with ReplayBuffer.open(dataset) as buf:
+        keys = [*shape_meta["obs"], "action"]
+        first = [buf.get_episode(i, keys) for i in range(min(n, buf.n_episodes))]
+    step0 = {k: torch.as_tensor(np.stack([ep[k][0] for ep in first])).float() for k in keys}
+    obs = {k: step0[k][:, None].expand(-1, 2, *step0[k].shape[1:]) for k in shape_meta["obs"]}
+    return obs, step0["action"]
 
 
 def main() -> None:

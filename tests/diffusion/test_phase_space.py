@@ -23,7 +23,10 @@ from diffusion_policy_dist.diffusion.phase_space import (
 )
 
 # coarse conjugate steps are tested on purpose (their warning: test_phase_space_plumbing.py)
-pytestmark = pytest.mark.filterwarnings("ignore:phase-space sampler .* is unstable:RuntimeWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:phase-space sampler .* is unstable:RuntimeWarning"),
+]
 F64 = torch.float64
 DEFAULT = {"beta": 8.0, "gamma": 0.01, "nu": 4.01, "kappa": 0.04}
 OTHER = {"beta": 4.0, "gamma": 0.5, "nu": 2.0, "kappa": 0.2}
@@ -37,16 +40,6 @@ DETERMINISTIC = (
     "conjugate_se",
     "conjugate_vv",
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every tensor here is tiny: with a second thread on a shared 2-core machine the ops spend
-    more time synchronising than computing (measured 10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----- independent reference maths -----------------------------------------------------------

@@ -24,16 +24,9 @@ from diffusion_policy_dist.diffusion.phase_space import (
     sample_phase_space,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
 STOCHASTIC = (("em", {}), ("sscs", {}), ("reduced_oba", {}), ("distributional", {"churn": 0.5}))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def zero_model(z, t, cond=None):

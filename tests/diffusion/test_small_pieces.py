@@ -574,22 +574,29 @@ def test_masks_do_not_change_the_scores_dtype():
     assert kernel_score(x, y, mask=keep, bandwidth=1.0).dtype == torch.float32
 
 
+class _Trig:
+    """alpha = cos(pi t / 2), sigma = sin(pi t / 2), not clamped, no t_min (grids assume 1e-4)."""
+
+    def alpha(self, t):
+        return torch.cos(0.5 * math.pi * torch.as_tensor(t, dtype=torch.float64))
+
+    def sigma(self, t):
+        return torch.sin(0.5 * math.pi * torch.as_tensor(t, dtype=torch.float64))
+
+
+class _TrigFrom(_Trig):
+    t_min = 1e-2
+
+
 def test_log_snr_of_any_schedule_uses_its_own_when_it_has_one():
     from diffusion_policy_dist.diffusion.schedules import log_snr
 
-    class Plain:  # alpha and sigma only
-        def alpha(self, t):
-            return torch.cos(0.5 * math.pi * torch.as_tensor(t))
-
-        def sigma(self, t):
-            return torch.sin(0.5 * math.pi * torch.as_tensor(t))
-
-    class Own(Plain):
+    class Own(_Trig):
         def log_snr(self, t):
             return torch.full_like(torch.as_tensor(t), 42.0)
 
     t = torch.tensor([0.25, 0.5])
-    got = log_snr(Plain(), t)
+    got = log_snr(_Trig(), t)
     want = 2 * torch.log(
         torch.cos(0.5 * math.pi * t.double()) / torch.sin(0.5 * math.pi * t.double())
     )
@@ -650,20 +657,6 @@ def test_time_grids_by_hand():
     g = time_grid("logsnr", K, t_start=t0, schedule=sched)
     got = [float(log_snr(sched, torch.tensor(float(t), dtype=f64))) for t in g[1:-1]]
     assert got == pytest.approx([lam[0] + f * (lam[1] - lam[0]) for f in frac[1:-1]], rel=1e-9)
-
-
-class _Trig:
-    """alpha = cos(pi t / 2), sigma = sin(pi t / 2), not clamped, no t_min (grids assume 1e-4)."""
-
-    def alpha(self, t):
-        return torch.cos(0.5 * math.pi * torch.as_tensor(t, dtype=torch.float64))
-
-    def sigma(self, t):
-        return torch.sin(0.5 * math.pi * torch.as_tensor(t, dtype=torch.float64))
-
-
-class _TrigFrom(_Trig):
-    t_min = 1e-2
 
 
 @pytest.mark.parametrize("sched,t_lo", [(_Trig(), 1e-4), (_TrigFrom(), 1e-2)])
