@@ -79,3 +79,13 @@ def tiny_policy(state_dim=3, action_dim=2, seed=0):
         }
     )
     return pol
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: with a second thread on a shared 2-core machine the ops
+    spend more time synchronising than computing (measured 10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
