@@ -62,9 +62,20 @@ def _tasks(cfg: BenchRun) -> list[str]:
     return [t.strip() for t in str(cfg.task).split(",") if t.strip()]
 
 
+def _obs(cfg: BenchRun, task: str) -> str:
+    """The observation mode ``task`` runs with: the run's, or the task's low-dim mode."""
+    return resolve_preset(cfg, task).state_obs if cfg.obs == "state" else cfg.obs
+
+
+def _name(cfg: BenchRun, task: str) -> str:
+    """``task``, suffixed with its observation mode unless that is ``state``."""
+    obs = _obs(cfg, task)
+    return f"{task}{'' if obs == 'state' else '_' + obs}"
+
+
 def _stem(cfg: BenchRun, task: str) -> Path:
     out = Path(cfg.output_dir) if cfg.preset == "quick" else Path(cfg.output_dir) / cfg.preset
-    return out / f"{task}{'' if cfg.obs == 'state' else '_' + cfg.obs}"
+    return out / _name(cfg, task)
 
 
 def _train(task: str, cfg: BenchRun, p: BenchPreset, seed: int, data: Path, work: Path, clock):
@@ -226,10 +237,10 @@ def _realtime_task(task, cfg: BenchRun, p: BenchPreset, clock, head, base, data)
 
 
 def bench_task(task: str, cfg: BenchRun, p: BenchPreset, clock: StageClock, head: dict) -> dict:
-    base = Path(cfg.work_dir) / f"{task}{'' if cfg.obs == 'state' else '_' + cfg.obs}"
+    base = Path(cfg.work_dir) / _name(cfg, task)
     clock.start(f"{task}: demonstrations")
     data = base / "demos.zarr"
-    demos = collect(task, p.demos, str(data), obs=cfg.obs, workers=cfg.workers,
+    demos = collect(task, p.demos, str(data), obs=_obs(cfg, task), workers=cfg.workers,
                     image_size=p.image_size, progress=cfg.progress)  # fmt: skip
     if p.realtime is not None:
         return _realtime_task(task, cfg, p, clock, head, base, data)
@@ -248,7 +259,7 @@ def bench_task(task: str, cfg: BenchRun, p: BenchPreset, clock: StageClock, head
         "header": {
             **head,
             "task": task,
-            "obs": cfg.obs,
+            "obs": _obs(cfg, task),
             "preset_settings": dataclasses.asdict(p),
             "demos": demos,
             "train": train,

@@ -48,6 +48,8 @@ class BenchPreset:
       ``prior_steps`` steps), each evaluated with distributional and DDIM at ``prior_nfe``.
     - ``curve_points``: checkpoints along each run evaluated on ``curve_episodes`` validation
       episodes (the convergence curve, with the validation loss).
+    - ``state_obs``: the task's observation mode when the run asks for low-dim observations
+      (``obs=state``), e.g. Push-T's ``keypoints`` (Diffusion Policy's low-dim observation).
     """
 
     tasks: list[str] = field(default_factory=lambda: ["obstacle_avoid", "block_push", "pick_place"])
@@ -74,6 +76,7 @@ class BenchPreset:
     curve_points: int = 0
     curve_episodes: int = 20
     threads: int | None = None
+    state_obs: str = "state"
     image_size: int = 96
     crop_shape: list[int] | None = None
     num_workers: int = 0

@@ -14,8 +14,11 @@ valid, and their average (not turning) fails.
 What the wrapper (:func:`make_env`) adds to gym-pusht, and why:
 
 - Dict observations like the built-in tasks: ``{"state": float32[5]}`` (agent x, y, block x, y,
-  block angle in [0, 2 pi)), or ``{"image": uint8[S, S, 3], "agent_pos": float32[2]}`` rendered
-  as Diffusion Policy does (the 512 px scene resized to S with OpenCV, no action marker);
+  block angle in [0, 2 pi)); ``{"agent_pos": float32[2], "keypoints": float32[18]}``, the
+  agent and nine points of the T (:data:`KEYPOINTS`) in the table's pixels, which is Diffusion
+  Policy's low-dim Push-T observation (20 numbers, continuous where the angle wraps from 2 pi to
+  0); or ``{"image": uint8[S, S, 3], "agent_pos": float32[2]}`` rendered as Diffusion Policy
+  does (the 512 px scene resized to S with OpenCV, no action marker);
 - ``info["coverage"]`` (fraction of the goal T the block covers), ``info["is_success"]``
   (coverage >= 0.95 now), ``info["score"]`` (Diffusion Policy's Push-T score of the episode so
   far: the running max over steps of clip(coverage / 0.95, 0, 1), 0 at reset) and
@@ -55,7 +58,7 @@ MODE_PROBS = (0.5, 0.5)
 MAX_EPISODE_STEPS = 300
 CONTROL_HZ = 10.0
 ACTION_DIM = 2
-OBS_MODES = ("state", "image")
+OBS_MODES = ("state", "keypoints", "image")
 DESCRIPTION = (
     "A disc pushes a T-shaped block into a goal pose (gym-pusht); the expert turns the T "
     "clockwise or counter-clockwise, either of which works, while their average does not."
@@ -86,6 +89,8 @@ T_OUTLINE = np.array(
     [[-60, 0], [60, 0], [60, 30], [15, 30], [15, 120], [-15, 120], [-15, 30], [-60, 30]], float
 )
 T_COG = np.array([0.0, 45.0])  # centre of gravity in the body frame
+# The keypoint observation: the T's eight outline corners and its cog (body frame)
+KEYPOINTS = np.concatenate([T_OUTLINE, T_COG[None]])
 T_MASS = 1.0
 T_MOMENT = 3000.0  # gym-pusht counts the bar's moment twice (its stem uses the bar's vertices)
 T_REACH = 77.0  # every point of the T lies within this distance of its cog
@@ -119,6 +124,13 @@ def distance_to_t(points: np.ndarray) -> np.ndarray:
 def coverage_score(coverage: float) -> float:
     """Diffusion Policy's per-step Push-T reward: clip(coverage / 0.95, 0, 1)."""
     return float(np.clip(coverage / SUCCESS_COVERAGE, 0.0, 1.0))
+
+
+def keypoints(x: float, y: float, angle: float) -> np.ndarray:
+    """World positions of :data:`KEYPOINTS` for a block at body origin (``x``, ``y``) (gym-pusht's
+    block position) turned by ``angle``: float32[18], (x, y) per point."""
+    world = np.array([x, y]) + KEYPOINTS @ rotation(angle).T
+    return world.reshape(-1).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- mode classifier
@@ -161,12 +173,19 @@ class TurnDirectionClassifier:
 
 
 def observation_space(obs_mode: str, image_size: int) -> spaces.Dict:
-    """The wrapper's observation space for ``obs_mode`` ("state" or "image")."""
+    """The wrapper's observation space for ``obs_mode`` (one of :data:`OBS_MODES`)."""
     lo, hi = -AGENT_MARGIN, WORKSPACE + AGENT_MARGIN
     if obs_mode == "state":
         low = np.array([lo, lo, 0.0, 0.0, 0.0], np.float32)
         high = np.array([hi, hi, WORKSPACE, WORKSPACE, 2.0 * np.pi], np.float32)
         return spaces.Dict({"state": spaces.Box(low, high, dtype=np.float32)})
+    if obs_mode == "keypoints":
+        return spaces.Dict(
+            {
+                "agent_pos": spaces.Box(lo, hi, (2,), np.float32),
+                "keypoints": spaces.Box(0.0, WORKSPACE, (2 * len(KEYPOINTS),), np.float32),
+            }
+        )
     return spaces.Dict(
         {
             "image": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
@@ -200,6 +219,9 @@ class PushTWrapper(gym.Wrapper):
     def _obs(self, obs: Any) -> dict[str, np.ndarray]:
         if self.obs_mode == "state":
             return {"state": np.asarray(obs, dtype=np.float32)}
+        if self.obs_mode == "keypoints":
+            state = np.asarray(obs, dtype=np.float64)
+            return {"agent_pos": state[:2].astype(np.float32), "keypoints": keypoints(*state[2:])}
         return {
             "image": np.ascontiguousarray(obs["pixels"], dtype=np.uint8),
             "agent_pos": np.asarray(obs["agent_pos"], dtype=np.float32),
@@ -266,7 +288,7 @@ def make_env(
     size = int(image_size)
     env = gym.make(
         ENV_ID,
-        obs_type="state" if obs_mode == "state" else "pixels_agent_pos",
+        obs_type="pixels_agent_pos" if obs_mode == "image" else "state",
         # gym-pusht renders pixel observations only in rgb_array mode; rendering costs nothing
         # until asked for.
         render_mode="rgb_array",

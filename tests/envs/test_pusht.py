@@ -49,6 +49,26 @@ def tee_polygon(x: float, y: float, angle: float) -> sg.Polygon:
     return sa.translate(sa.rotate(tee, angle, origin=(0, 0), use_radians=True), x, y)
 
 
+def test_keypoints_are_the_tees_corners_and_cog_in_the_world() -> None:
+    """Keypoints against pymunk's own body-to-world map (the ninth is gym-pusht's centre of
+    gravity, not the area centroid), and the first eight against the corners of the T built
+    independently with shapely."""
+    env = pusht.make_env("keypoints")
+    state_env = pusht.make_env("state")
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        (state,) = state_env.reset(seed=seed)[0].values()
+        block = env.unwrapped.block
+        want = [tuple(block.local_to_world(tuple(p))) for p in pusht.KEYPOINTS]
+        got = obs["keypoints"].reshape(-1, 2)
+        np.testing.assert_allclose(got, np.array(want), atol=1e-3)
+        np.testing.assert_allclose(obs["agent_pos"], state[:2])
+        poly = tee_polygon(*(float(v) for v in state[2:]))
+        corners = np.array(poly.exterior.coords)[:-1]
+        dist = np.linalg.norm(got[:8, None] - corners[None], axis=-1).min(1)
+        assert dist.max() < 1e-2, dist
+
+
 def test_task_constants() -> None:
     spec = pusht.TASK
     assert spec.name == pusht.NAME == "pusht"
@@ -56,15 +76,16 @@ def test_task_constants() -> None:
     assert len(pusht.MODE_NAMES) == len(pusht.MODE_PROBS) == 2
     assert math.isclose(sum(pusht.MODE_PROBS), 1.0)
     assert spec.max_episode_steps == 300 and spec.control_hz == 10.0 and spec.action_dim == 2
-    assert spec.obs_types == pusht.OBS_MODES == ("state", "image")
+    assert spec.obs_types == pusht.OBS_MODES == ("state", "keypoints", "image")
     assert pusht.PushTExpert.task is spec
 
 
-@pytest.mark.parametrize("obs_mode", ["state", "image"])
+@pytest.mark.parametrize("obs_mode", ["state", "keypoints", "image"])
 def test_spaces_and_info_keys(obs_mode: str) -> None:
     env = pusht.make_env(obs_mode, render_mode="rgb_array", image_size=64)
     obs, info = env.reset(seed=0)
-    expected = {"state": ["state"], "image": ["agent_pos", "image"]}[obs_mode]
+    expected = {"state": ["state"], "keypoints": ["agent_pos", "keypoints"]}
+    expected = expected.get(obs_mode, ["agent_pos", "image"])
     assert isinstance(env.observation_space, gym.spaces.Dict)
     assert sorted(env.observation_space.spaces) == expected == sorted(obs)
     assert env.action_space.shape == (pusht.ACTION_DIM,)
@@ -78,6 +99,8 @@ def test_spaces_and_info_keys(obs_mode: str) -> None:
         assert isinstance(info["is_success"], bool) and not truncated
     if obs_mode == "state":
         assert obs["state"].shape == (5,) and obs["state"].dtype == np.float32
+    elif obs_mode == "keypoints":
+        assert obs["keypoints"].shape == (18,) and obs["keypoints"].dtype == np.float32
     else:
         assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
         assert obs["agent_pos"].shape == (2,) and obs["agent_pos"].dtype == np.float32
