@@ -33,7 +33,7 @@ from ..diffusion.schedules import SCHEDULES, CosineSchedule
 T = TypeVar("T")
 
 POLICY_KINDS = ("mean", "distributional")
-NOISE_INJECTIONS = ("concat", "film")
+NOISE_INJECTIONS = ("concat", "film", "late")
 
 
 def _choice(where: str, value: Any, choices) -> None:
@@ -108,7 +108,10 @@ class PolicyOptions:
     """The ``policy`` config group. ``kind``: the denoiser (``mean``: predicts eps/x0/v, trained
     with MSE; ``distributional``: samples x0 from extra noise, trained with a scoring rule).
     ``prediction``: what a mean model's network predicts. ``noise_injection``/``noise_dim``: how a
-    distributional model gets its noise. ``normalizer``: ``limits`` ([-1, 1]) or ``gaussian``.
+    distributional model gets its noise (``concat``: ``[H, noise_dim]`` extra input channels;
+    ``film``: a vector joining the condition of every block; ``late``: a vector entering only
+    the last ``noise_levels`` decoder levels, so an example's ``loss.m`` samples share one pass
+    of the rest of the network). ``normalizer``: ``limits`` ([-1, 1]) or ``gaussian``.
     ``prefix_steps``: train with a committed prefix (real-time control): each example sees its
     first d executed actions (d uniform in 0..prefix_steps) and a mask as extra input channels,
     so a chunk planned during a delay of d steps continues the actions already committed."""
@@ -117,6 +120,7 @@ class PolicyOptions:
     prediction: str = "epsilon"
     noise_injection: str = "concat"
     noise_dim: int | None = None
+    noise_levels: int = 1
     normalizer: str = "limits"
     obs_encoder: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -131,6 +135,8 @@ class PolicyOptions:
         _choice("policy.normalizer", self.normalizer, SCHEMES)
         if self.noise_dim is not None and self.noise_dim < 1:
             raise ValueError(f"policy.noise_dim must be >= 1 or null, got {self.noise_dim}")
+        if self.noise_levels < 1:
+            raise ValueError(f"policy.noise_levels must be >= 1, got {self.noise_levels}")
 
 
 @dataclass

@@ -35,8 +35,9 @@ from ..diffusion.parameterization import expand_like, prediction_target, to_x0
 from ..diffusion.phase_space import PhaseSpace
 from ..diffusion.schedules import Schedule
 
-# (in_channels, extra condition dims) -> network with forward(x [B, H, C], t [B], cond [B, D])
-NetFactory = Callable[[int, int], nn.Module]
+# (in_channels, extra condition dims[, noise_dim, noise_levels]) -> network with
+# forward(x [B, H, C], t [B], cond [B, D][, noise [B, m, noise_dim]]) (see ConditionalUnet1D)
+NetFactory = Callable[..., nn.Module]
 
 
 def state_channels(schedule: Schedule, action_dim: int) -> int:
@@ -128,14 +129,15 @@ class MeanDenoiser(Denoiser):
         pred = self.net(self._inputs([x_t], known), t, cond)
         sample = self.cfg.prediction == "sample"
         target = x0 if sample else prediction_target(self.cfg.prediction, x0, eps, a, s)
-        per_example = mse_loss(pred, target, self._mask(action_is_pad))
+        per_example = mse_loss(pred.float(), target, self._mask(action_is_pad))
         return self._weight(t, self.cfg.prediction) * per_example, {}
 
 
 class DistributionalDenoiser(Denoiser):
     """Outputs a posterior sample from ``x_t`` and fresh noise ``xi`` (``concat``: extra input
     channels of shape ``[H, noise_dim]``; ``film``: a ``[noise_dim]`` vector joins the
-    condition)."""
+    condition; ``late``: a ``[noise_dim]`` vector enters only the network's last
+    ``noise_levels`` decoder levels, so the rest runs once for an example's m samples)."""
 
     def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
         super().__init__(cfg, schedule, action_dim, horizon)
@@ -143,9 +145,17 @@ class DistributionalDenoiser(Denoiser):
         if cfg.noise_injection == "concat":
             self.noise_shape: tuple[int, ...] = (horizon, cfg.noise_dim or action_dim)
             self.net = make_net(channels + self.noise_shape[1], 0)
+        elif cfg.noise_injection == "late":
+            self.noise_shape = (cfg.noise_dim or 32,)
+            self.net = make_net(channels, 0, self.noise_shape[0], cfg.noise_levels)
         else:
             self.noise_shape = (cfg.noise_dim or 32,)
             self.net = make_net(channels, self.noise_shape[0])
+
+    @property
+    def shares_trunk(self) -> bool:
+        """Whether an example's m samples share one pass of the network's trunk."""
+        return self.cfg.noise_injection == "late"
 
     def x0(self, x_t, t, cond, generator=None, known=None, xi: Tensor | None = None):
         """A fresh posterior sample; ``xi [B, *noise_shape]`` is drawn from ``generator`` unless
@@ -159,17 +169,27 @@ class DistributionalDenoiser(Denoiser):
             )
         if self.cfg.noise_injection == "concat":
             return self.net(self._inputs([x_t, xi], known), t, cond)
+        if self.shares_trunk:
+            return self.net(self._inputs([x_t], known), t, cond, noise=xi)
         return self.net(self._inputs([x_t], known), t, torch.cat([cond, xi], dim=-1))
 
-    def loss(self, x0, cond, action_is_pad=None, known=None):
-        t, _, _, _, x_t = _noisy(self.schedule, x0)
-        B, m = x0.shape[0], self.loss_cfg.m
+    def _samples(self, x_t: Tensor, t: Tensor, cond: Tensor, known: Tensor | None) -> Tensor:
+        """``m`` posterior samples per example, ``[B, m, H, Da]`` (float32 for the loss)."""
+        B, m = x_t.shape[0], self.loss_cfg.m
+        if self.shares_trunk:
+            xi = torch.randn(B, m, *self.noise_shape, device=x_t.device, dtype=x_t.dtype)
+            return self.net(self._inputs([x_t], known), t, cond, noise=xi).float()
 
         def rep(v: Tensor | None) -> Tensor | None:
             return None if v is None else v.repeat_interleave(m, 0)
 
         rows = self.x0(rep(x_t), rep(t), rep(cond), known=rep(known))
-        samples = rows.view(B, m, *x0.shape[1:])
+        return rows.float().view(B, m, *rows.shape[1:])
+
+    def loss(self, x0, cond, action_is_pad=None, known=None):
+        t, _, _, _, x_t = _noisy(self.schedule, x0)
+        m = self.loss_cfg.m
+        samples = self._samples(x_t, t, cond, known)
         per_example = self.loss_cfg.score(samples, x0, self._mask(action_is_pad))
         with torch.no_grad():
             info = {

@@ -92,7 +92,9 @@ class DiffusionPolicy(nn.Module):
     def _net_factory(self):
         cond_dim, net = self.obs_encoder.output_dim, self.cfg.network
 
-        def make(in_channels: int, extra_cond: int) -> nn.Module:
+        def make(
+            in_channels: int, extra_cond: int, noise_dim: int = 0, noise_levels: int = 1
+        ) -> nn.Module:
             return ConditionalUnet1D(
                 in_channels,
                 self.action_dim,
@@ -101,6 +103,8 @@ class DiffusionPolicy(nn.Module):
                 kernel_size=net.kernel_size,
                 n_groups=net.n_groups,
                 time_embed_dim=net.time_embed_dim,
+                noise_dim=noise_dim,
+                noise_levels=noise_levels,
             )
 
         return make

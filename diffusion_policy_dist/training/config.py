@@ -19,6 +19,7 @@ from ..policy.config import NetworkConfig, PolicyConfig, PolicyOptions
 from ..window import Window
 
 MISSING = "???"  # OmegaConf's marker of a required value
+PRECISIONS = ("fp32", "bf16")
 
 
 def _positive_int(where: str, value: Any, least: int = 1) -> None:
@@ -47,7 +48,9 @@ class TrainConfig:
     """The optimization. ``batch_size`` counts examples; a distributional model runs
     ``loss.m`` network rows per example, so ``batch_rows`` (when set) fixes the rows per step
     instead and the batch size follows: ``batch_rows / rows per example``. The learning rate
-    warms up linearly for ``warmup_steps`` (null: ``warmup_fraction`` of the run's steps)."""
+    warms up linearly for ``warmup_steps`` (null: ``warmup_fraction`` of the run's steps).
+    ``precision``: ``fp32``, or ``bf16`` (the forward pass under bfloat16 autocast, on a CPU or
+    a GPU; weights, optimizer state and the loss stay float32)."""
 
     steps: int = 2000
     batch_size: int = 256
@@ -71,6 +74,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     resume: str = "auto"
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -94,6 +98,10 @@ class TrainConfig:
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(
                 f"training.lr_schedule must be cosine or constant, got {self.lr_schedule!r}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"training.precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
             )
         if self.resume not in ("auto", "always", "never"):
             raise ValueError(f"training.resume must be auto, always or never, got {self.resume!r}")

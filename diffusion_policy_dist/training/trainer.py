@@ -10,6 +10,7 @@ bit-identical parameters.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import signal
@@ -35,6 +36,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
+from .cost import autocast, train_step_flops
 
 
 class EpochBatches:
@@ -153,6 +155,7 @@ class Trainer:
         self._tb = None
         self._budget_marks: set[int] = set()
         self._budget_ref = (0, 0.0)  # (step, elapsed_s) at the last budget estimate
+        self.flops_per_step: int | None = None  # counted on the first batch of fit()
 
     def _warmup(self) -> int:
         """Warmup steps: ``warmup_steps``, else ``warmup_fraction`` of the run's total."""
@@ -181,6 +184,8 @@ class Trainer:
             total_steps=self.total_steps,
             train_wallclock_s=round(self.elapsed_s, 3),
             peak_memory_mb=round(peak_memory_mb(self.device), 1),
+            precision=self.cfg.precision,
+            train_flops_per_step=self.flops_per_step,
         )
         state = {
             "optimizer": self.optimizer.state_dict(),
@@ -330,7 +335,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seed + 12345)
             for i in range(n):
-                _, info = model(self.val_set[order.indices(0, i)])
+                with autocast(self.cfg.precision, self.device):
+                    _, info = model(self.val_set[order.indices(0, i)])
                 for k, v in info.items():
                     sums[k] = sums.get(k, 0.0) + v / n
         model.train(was_training)
@@ -378,7 +384,8 @@ class Trainer:
 
     def _train_step(self, batch) -> dict[str, float]:
         t0 = self._clock()
-        loss, info = self.policy(batch)
+        with autocast(self.cfg.precision, self.device):
+            loss, info = self.policy(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; info={info}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -433,6 +440,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "steps_per_s": steps / max(now - self._log_ref[1], 1e-9),
             "rows": self.step * self.rows_per_step,
+            "train_flops": self.step * (self.flops_per_step or 0),
             "train_wallclock_s": round(self.elapsed_s, 3),
             **info,
         }
@@ -452,6 +460,9 @@ class Trainer:
             batch_loader(self.train_set, self.order, self.cfg.num_workers, self.seed, pin, start)
         )
         self.policy.train()
+        first = next(it)
+        self.flops_per_step = train_step_flops(self.policy, first, self.cfg.precision)
+        it = itertools.chain([first], it)
         self._log_ref = (self.step, self._clock())
         last: dict[str, float] = {"loss": float("nan")}
         try:
