@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_policy_dist.benchmarks.suite import results_header, train_run, val_losses
+
 from diffusion_policy_dist.files import write_json_atomic
 
 ROWS = 256  # network rows per step of the equal-rows variants (the bench's budget)
@@ -70,9 +71,9 @@ def overrides(v: dict[str, Any], data: Path, steps: int, points: int, seed: int)
 def evaluate_point(ckpt: Path, episodes: int) -> dict[str, Any]:
     """Validation success and score of one checkpoint with its model's reference sampler."""
     import torch
-
     from diffusion_policy_dist.envs import VALIDATION_SEED_BASE
     from diffusion_policy_dist.envs.workers import EnvSource
+
     from diffusion_policy_dist.evaluation import EnvPool, evaluate
     from diffusion_policy_dist.training.build import policy_from_checkpoint
 

@@ -112,7 +112,7 @@ def test_late_policy_loss_uses_m_distinct_samples_of_one_trunk_pass():
 def test_late_policy_refuses_bad_levels_by_name():
     from diffusion_policy_dist.policy.config import PolicyOptions
 
-    with pytest.raises(ValueError, match="policy.noise_levels must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"policy\.noise_levels must be >= 1, got 0"):
         PolicyOptions(noise_levels=0)
     with pytest.raises(ValueError, match=r"noise_levels must be in \[1, 1\]"):
         DiffusionPolicy(
