@@ -195,10 +195,9 @@ def _curves(task, cfg, p: BenchPreset, work: Path, seed: int, source) -> list[di
             for ck in [*kept, work / model / "checkpoints" / "latest"]:  # the last is the final
                 pol, ckpt = policy_from_checkpoint(ck, device=dev)
                 res = evaluate(pol, source, ev, sampler=sampler, pool=pool)
-                step = ckpt.meta["step"]
-                out.append(
-                    {"model": model, "seed": seed, "step": step, "success": res["success_rate"]}
-                )
+                point = {"model": model, "seed": seed, "step": ckpt.meta["step"]}
+                out.append({**point, "success": res["success_rate"],
+                            "score": res.get("mean_score")})  # fmt: skip
     return out
 
 

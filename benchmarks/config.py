@@ -120,7 +120,9 @@ class BenchRun:
 class DemoRun:
     """``dpd demo``: collect, train the distributional policy and the DDPM baseline with the
     same work (``steps`` of ``batch_rows`` network rows), evaluate distributional-1/2 against
-    DDPM-100 and DDIM-1, plot and film, on one task."""
+    DDPM-100 and DDIM-1, plot and film, on one task. ``curve_points`` checkpoints along each
+    run are rolled out on ``curve_episodes`` validation seeds: the verdict says whether
+    validation success had settled."""
 
     task: str = "obstacle_avoid"
     demos: int = 100
@@ -129,6 +131,8 @@ class DemoRun:
     m: int = 8
     network: str = "small"
     episodes: int = 50
+    curve_points: int = 4
+    curve_episodes: int = 20
     video_episodes: int = 3
     output_dir: str = "outputs/demo"
     workers: int = 2

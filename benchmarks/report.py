@@ -12,7 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffusion_policy_dist.benchmarks.suite import markdown_table, plot_results, val_losses
+from diffusion_policy_dist.benchmarks.suite import (
+    flatten_step,
+    markdown_table,
+    plot_results,
+    val_losses,
+)
 from diffusion_policy_dist.benchmarks.summary import summarize
 
 from diffusion_policy_dist.files import write_json_atomic
@@ -142,13 +147,47 @@ def summary_table(summary: Sequence[Mapping[str, Any]], demo_modes) -> str:
 def val_curves(head: Mapping[str, Any], work_dir: str | None) -> dict[str, list[list[float]]]:
     """``{"<model> seed <s>": [[step, val_loss], ...]}`` read from each run's metrics.jsonl, so
     the results file keeps them (``report_only`` redraws without the work folder)."""
-    base, out = Path(work_dir or "outputs/bench") / head["task"], {}
+    obs = head.get("obs", "state")
+    name = head["task"] if obs in ("state", "lowdim") else f"{head['task']}_{obs}"
+    base, out = Path(work_dir or "outputs/bench") / name, {}
     for seed, models in head["train"].items():
         for model in models:
             path = base / f"seed{seed}" / model / "metrics.jsonl"
             if path.exists():
                 out[f"{model} seed {seed}"] = [list(v) for v in val_losses(path)]
     return out
+
+
+def curve_metric(curves: Sequence[Mapping[str, Any]]) -> str:
+    """``score`` when the env reports one (Push-T), else ``success``."""
+    return "score" if any(c.get("score") is not None for c in curves) else "success"
+
+
+def curve_series(curves: Sequence[Mapping[str, Any]], key: str) -> dict[tuple, list[tuple]]:
+    """``{(model, seed): [(step, value), ...]}`` of the convergence checkpoints."""
+    out: dict[tuple, list[tuple]] = {}
+    for c in curves:
+        out.setdefault((c["model"], c["seed"]), []).append((c["step"], c[key]))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def flatten_md(result: Mapping[str, Any]) -> list[str]:
+    """When each run's validation success (or score) stopped moving (:func:`flatten_step`)."""
+    curves, p = result.get("curves") or [], result["header"]["preset_settings"]
+    if not curves:
+        return []
+    key, n = curve_metric(curves), p["curve_episodes"]
+    lines = [
+        f"\nValidation {key} along training ({n} validation episodes per checkpoint; "
+        "flattened: the first checkpoint from which every later one lies in the final one's "
+        "95% interval):\n",
+        f"| model | seed | {key} at each checkpoint (step: value) | flattened at step |",
+        "|---|---|---|---|",
+    ]
+    for (model, seed), pts in curve_series(curves, key).items():
+        vals = ", ".join(f"{s}: {v:.2f}" for s, v in pts)
+        lines.append(f"| {model} | {seed} | {vals} | {flatten_step(pts, n)} |")
+    return lines
 
 
 def plot_convergence(result: Mapping[str, Any], stem: Path) -> Path | None:
@@ -165,13 +204,11 @@ def plot_convergence(result: Mapping[str, Any], stem: Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, pts in curves.items():
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
-    for model in sorted({c["model"] for c in result.get("curves", [])}):
-        for seed in sorted({c["seed"] for c in result["curves"] if c["model"] == model}):
-            pts = sorted((c["step"], c["success"]) for c in result["curves"]
-                         if c["model"] == model and c["seed"] == seed)  # fmt: skip
-            ax2.plot(*zip(*pts, strict=True), marker="o", label=f"{model} seed {seed}")
+    key = curve_metric(result.get("curves", []))
+    for (model, seed), pts in curve_series(result.get("curves", []), key).items():
+        ax2.plot(*zip(*pts, strict=True), marker="o", label=f"{model} seed {seed}")
     ax1.set(xlabel="optimizer step", ylabel="validation loss", yscale="log")
-    ax2.set(xlabel="optimizer step", ylabel="validation success", ylim=(-0.03, 1.03))
+    ax2.set(xlabel="optimizer step", ylabel=f"validation {key}", ylim=(-0.03, 1.03))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -208,6 +245,7 @@ def write_report(result: dict[str, Any], stem: Path, work_dir: str | None = None
         "",
         summary_table(summary, head.get("demo_mode_freq")),
         *_targets_md(result["targets"]),
+        *flatten_md(result),
         f"\n![success and latency vs NFE]({stem.name}.png)\n",
     ]
     if conv is not None:

@@ -88,14 +88,62 @@ def still_falling(metrics_path: str | Path, tail: float = 0.25, rel: float = 0.0
     return drop if drop > rel else None
 
 
+class TrainingStopped(RuntimeError):
+    """A signal stopped a benchmark while it trained; the run saved a resumable checkpoint."""
+
+    def __init__(self, signum: int, output_dir: str | Path) -> None:
+        super().__init__(f"stopped by signal {signum}; {output_dir} resumes where it stopped")
+        self.signum = signum
+
+
+def _forward_signals(proc: subprocess.Popen, received: list[int]):
+    """Install SIGTERM/SIGINT handlers that pass each signal on to ``proc`` (in its own
+    session, so a terminal's Ctrl-C reaches it only this way, once per press); returns the old
+    handlers (none when not on the main thread)."""
+    import signal
+
+    def forward(signum, frame):
+        received.append(signum)
+        proc.send_signal(signum)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread: the caller handles signals
+            break
+    return old
+
+
+def flatten_step(points: Sequence[tuple[int, float]], episodes: int) -> int | None:
+    """The earliest checkpoint step from which every later value (success or a score in [0, 1],
+    from ``episodes`` validation episodes) lies in the 95% Wilson interval of the final one;
+    None with fewer than two points. For a score the binomial variance p(1 - p) bounds the
+    variance of any [0, 1] value with mean p, so the interval is conservative."""
+    from diffusion_policy_dist.stats import wilson_interval
+
+    pts = sorted(points)
+    if len(pts) < 2:
+        return None
+    lo, hi = wilson_interval(pts[-1][1] * episodes, episodes)
+    first = len(pts) - 1
+    while first > 0 and lo - 1e-9 <= pts[first - 1][1] <= hi + 1e-9:
+        first -= 1
+    return pts[first][0]
+
+
 def train_run(
     overrides: Sequence[str], output_dir: str | Path, quiet: bool = False
 ) -> dict[str, Any]:
     """``dpd train <overrides> output_dir=<dir>`` in a subprocess; returns the checkpoint's meta.
 
     A finished run in ``output_dir`` is reused (the trainer resumes and stops at once), so an
-    interrupted benchmark continues where it stopped.
+    interrupted benchmark continues where it stopped. SIGTERM or Ctrl-C to this process goes on
+    to the training, which saves a checkpoint; then :class:`TrainingStopped` is raised (no
+    orphaned training is left behind).
     """
+    import signal
+
     cmd = [
         sys.executable,
         "-m",
@@ -105,15 +153,21 @@ def train_run(
         f"output_dir={output_dir}",
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    res = subprocess.run(
-        cmd,
-        env=env,
-        stdout=subprocess.DEVNULL if quiet else None,
-        stderr=subprocess.PIPE if quiet else None,
-        text=True,
-    )
-    if res.returncode != 0:
-        tail = (res.stderr or "")[-2000:] if quiet else ""
+    out = subprocess.DEVNULL if quiet else None
+    err = subprocess.PIPE if quiet else None
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True,
+                            start_new_session=True)  # fmt: skip
+    received: list[int] = []
+    old = _forward_signals(proc, received)
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if received:
+        raise TrainingStopped(received[0], output_dir)
+    if proc.returncode != 0:
+        tail = (stderr or "")[-2000:] if quiet else ""
         raise RuntimeError(f"training failed ({' '.join(cmd)}):\n{tail}")
     return read_meta(output_dir)
 

@@ -193,16 +193,31 @@ def repair(cfg: InfoRun) -> int:
     return 1 if left else 0
 
 
-def bench(cfg, command_line: str) -> dict[str, Any]:
+def _stopped(e) -> int:
+    print(f"{e}; re-run the same command to continue", file=sys.stderr)
+    return 128 + e.signum
+
+
+def bench(cfg, command_line: str) -> dict[str, Any] | int:
+    """The bench's results, or 128 + the signal that stopped a training (checkpoint saved)."""
     from ..benchmarks.bench import run as run_bench
+    from ..benchmarks.suite import TrainingStopped
 
-    return run_bench(cfg, command_line)
+    try:
+        return run_bench(cfg, command_line)
+    except TrainingStopped as e:
+        return _stopped(e)
 
 
-def demo(cfg, command_line: str) -> dict[str, Any]:
+def demo(cfg, command_line: str) -> dict[str, Any] | int:
+    """The demo's record, or 128 + the signal that stopped a training (checkpoint saved)."""
     from ..benchmarks.demo import run as run_demo
+    from ..benchmarks.suite import TrainingStopped
 
-    return run_demo(cfg, command_line)
+    try:
+        return run_demo(cfg, command_line)
+    except TrainingStopped as e:
+        return _stopped(e)
 
 
 def tune(cfg) -> dict[str, Any]:

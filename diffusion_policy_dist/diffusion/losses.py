@@ -145,15 +145,26 @@ def kernel_score(
     return -2.0 * k_xy.mean(1) + (k_xx * off_diag).sum((1, 2)) / (m * (m - 1))
 
 
+BANDWIDTH_TARGETS = 2048  # at most this many targets (about 2M pairs) set the bandwidth
+
+
 def data_bandwidth2(targets: Tensor) -> float:
     """Squared kernel bandwidth from data only: the median squared distance between the
-    batch's targets ``[B, D]`` (1.0 for a batch of one)."""
-    if targets.shape[0] < 2:
+    batch's targets ``[B, D]`` (1.0 for a batch of one). A batch larger than
+    :data:`BANDWIDTH_TARGETS` uses an evenly strided subset of that many targets (deterministic,
+    so no random stream moves), which keeps the pairs' memory bounded."""
+    B = targets.shape[0]
+    if B < 2:
         return 1.0
     with torch.no_grad():
-        d = torch.cdist(targets.detach().double(), targets.detach().double()) ** 2
-        pairs = d[torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)]
-        return max(float(torch.quantile(pairs, 0.5)), 1e-6)
+        y = targets.detach().double()
+        if B > BANDWIDTH_TARGETS:
+            y = y[torch.linspace(0, B - 1, BANDWIDTH_TARGETS, device=y.device).long()]
+        d = torch.cdist(y, y) ** 2
+        pairs = d[torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)].sort().values
+        n = pairs.numel()  # the median, halfway between the middle two for an even count
+        median = 0.5 * (pairs[(n - 1) // 2] + pairs[n // 2])
+        return max(float(median), 1e-6)
 
 
 WEIGHTINGS = ("uniform", "sigmoid")

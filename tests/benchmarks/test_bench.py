@@ -106,3 +106,68 @@ def test_a_miniature_realtime_bench(tmp_path):
     md = (tmp_path / "results" / "realtime" / "obstacle_avoid.md").read_text()
     assert "Success and boundary jerk against delay" in md
     assert (tmp_path / "results" / "realtime" / "obstacle_avoid.png").exists()
+
+
+def test_sigterm_to_a_benchmark_stops_its_training_with_a_checkpoint(bimodal_zarr, tmp_path):
+    """A scheduler's SIGTERM reaches the benchmark's process only; the training it runs must
+    stop with a checkpoint too, not live on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from diffusion_policy_dist.training.checkpoint import read_meta
+
+    out = tmp_path / "run"
+    script = (
+        "import sys\n"
+        "from diffusion_policy_dist.benchmarks.suite import train_run, TrainingStopped\n"
+        f"args = ['dataset.path={bimodal_zarr}', 'network=tiny', 'training.steps=100000',\n"
+        "        'training.batch_size=8', 'loss.m=2', 'training.val_every=0',\n"
+        "        'training.log_every=1', 'training.progress=false', 'threads=1']\n"
+        "try:\n"
+        f"    train_run(args, {str(out)!r}, quiet=True)\n"
+        "except TrainingStopped as e:\n"
+        "    sys.exit(128 + e.signum)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert bench.poll() is None, "the benchmark ended before its training started"
+    children = subprocess.run(["pgrep", "-P", str(bench.pid)], capture_output=True, text=True)
+    (child,) = map(int, children.stdout.split())
+    os.kill(bench.pid, signal.SIGTERM)
+    assert bench.wait(timeout=120) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the training ended with it
+    step = read_meta(out)["step"]
+    assert 0 < step < 100000
+
+
+def test_demo_verdict_judges_convergence_by_validation_success():
+    from diffusion_policy_dist.benchmarks.demo import verdict
+    from diffusion_policy_dist.benchmarks.suite import flatten_step
+
+    rows = [
+        {"model": "distributional", "method": "distributional (churn 0)", "nfe": 1,
+         "latency_ms_p50": 10.0, "success_rate": 1.0},
+        {"model": "ddpm", "method": "ddpm", "nfe": 100, "latency_ms_p50": 700.0,
+         "success_rate": 0.98},
+    ]  # fmt: skip
+    train = {"distributional": {"val_loss_still_falling": 0.15}, "ddpm": {}}
+    flat = [(s, v) for s, v in ((300, 0.5), (600, 0.95), (900, 1.0), (1200, 1.0))]
+    curves = [{"model": m, "step": s, "success": v} for m in ("distributional", "ddpm")
+              for s, v in flat]  # fmt: skip
+    said = verdict(rows, train, curves, 20)
+    assert said.startswith("distributional-1 is 70x faster than DDPM-100") and "Caveat" not in said
+    assert "distributional: validation success flat from step 600; its validation loss still" \
+        " fell 15%" in said and "ddpm: validation success flat from step 600." in said
+    rising = [{**c, "success": c["success"] * (c["step"] / 1200) ** 3} for c in curves]
+    said = verdict(rows, train, rising, 20)
+    assert "70x faster" in said and "Caveat, not yet converged" in said
+    # the interval of the final value decides: 20 episodes at 100% -> [0.84, 1]
+    assert flatten_step([(1, 0.8), (2, 0.85), (3, 1.0)], 20) == 2
+    assert flatten_step([(1, 0.8), (2, 0.85), (3, 1.0)], 200) == 3
+    assert flatten_step([(5, 0.3)], 20) is None

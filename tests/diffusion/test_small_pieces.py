@@ -540,6 +540,24 @@ def test_data_bandwidth_is_the_median_squared_distance_between_targets():
                 for b in col[i + 1 :, 0].tolist())  # fmt: skip
     assert data_bandwidth2(col) == pytest.approx(0.5 * (d2[4] + d2[5]), rel=1e-9)
     assert data_bandwidth2(torch.ones(4, 2)) == 1e-6  # identical targets: the floor
+    odd = torch.tensor([[0.0], [0.1], [0.3]], dtype=torch.float64)  # pairs 0.01, 0.04, 0.09
+    assert data_bandwidth2(odd) == pytest.approx(0.04, rel=1e-12)
+
+
+def test_data_bandwidth_of_a_large_batch_uses_a_strided_subset():
+    """torch.quantile refused batches over ~4,096 targets; a large batch is now subsampled
+    evenly (first and last target kept) and gives the subset's median exactly."""
+    from diffusion_policy_dist.diffusion.losses import BANDWIDTH_TARGETS, data_bandwidth2
+
+    B = 3 * BANDWIDTH_TARGETS + 5
+    y = torch.linspace(0.0, 1.0, B, dtype=torch.float64)[:, None] ** 2
+    idx = torch.linspace(0, B - 1, BANDWIDTH_TARGETS).long()
+    assert idx[0] == 0 and idx[-1] == B - 1 and len(set(idx.tolist())) == BANDWIDTH_TARGETS
+    pairs = torch.pdist(y[idx]).square().sort().values
+    n = pairs.numel()
+    want = 0.5 * float(pairs[(n - 1) // 2] + pairs[n // 2])
+    assert data_bandwidth2(y) == pytest.approx(want, rel=1e-12)
+    assert data_bandwidth2(torch.randn(5000, 4)) > 0  # no longer "input tensor is too large"
 
 
 @pytest.mark.parametrize(
