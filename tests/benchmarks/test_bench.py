@@ -162,8 +162,11 @@ def test_demo_verdict_judges_convergence_by_validation_success():
               for s, v in flat]  # fmt: skip
     said = verdict(rows, train, curves, 20)
     assert said.startswith("distributional-1 is 70x faster than DDPM-100") and "Caveat" not in said
-    assert "distributional: validation success flat from step 600; its validation loss still" \
-        " fell 15%" in said and "ddpm: validation success flat from step 600." in said
+    assert (
+        "distributional: validation success flat from step 600; its validation loss still fell 15%"
+        in said
+        and "ddpm: validation success flat from step 600." in said
+    )
     rising = [{**c, "success": c["success"] * (c["step"] / 1200) ** 3} for c in curves]
     said = verdict(rows, train, rising, 20)
     assert "70x faster" in said and "Caveat, not yet converged" in said
