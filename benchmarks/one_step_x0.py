@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=64)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "one_step_x0"))
     args = ap.parse_args()
-    from diffusion_policy_dist.diffusion.sampling import sampler_config
+    from diffusion_policy_dist.diffusion.samplers import sampler_config
     from diffusion_policy_dist.provenance import header
     from diffusion_policy_dist.training.build import load_policy
 

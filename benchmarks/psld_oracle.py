@@ -3,8 +3,8 @@
     python benchmarks/psld_oracle.py [--n 4000] [--seed 0]
 
 The data is a two-mode Gaussian mixture in D = 4 (weights 0.4 / 0.6, modes at +-mu, std 0.1),
-so p(x0 | z_t) is known in closed form (:func:`phase_space_mixture_model` for PSLD,
-:meth:`GaussianMixture.as_model` for the cosine VP schedule). Mean samplers get the exact
+so p(x0 | z_t) is known in closed form (:meth:`GaussianMixture.as_model`, for PSLD and for the
+cosine VP schedule). Mean samplers get the exact
 posterior mean, distributional ones an exact posterior draw. For each sampler and NFE budget
 the table gives the energy distance to a fresh data sample (0 = same distribution; the row
 "data vs data" is the floor set by finite n), the share of the right mode (data: 0.6), the mean
@@ -29,20 +29,14 @@ from pathlib import Path
 import torch
 
 from diffusion_policy_dist.diffusion.oracle import GaussianMixture
-from diffusion_policy_dist.diffusion.phase_space import (
-    METHODS,
-    NFE_PER_STEP,
-    PhaseSpace,
-    pf_transport,
-    phase_space_mixture_model,
-    sample_phase_space,
-)
-from diffusion_policy_dist.diffusion.sampling import sample
+from diffusion_policy_dist.diffusion.processes.phase_space import PhaseSpace, pf_transport
+from diffusion_policy_dist.diffusion.samplers import SAMPLERS, sample, samplers_for
 
 F64 = torch.float64
 D = 4
 NFES = (1, 2, 4, 8, 16, 100)
-VP_ROWS = (("ddim", "mean", {}), ("ddpm", "mean", {}), ("distributional", "sample", {}))
+VP_ROWS = (("ddim", "mean", {}), ("dpmpp_2m", "mean", {}), ("heun", "mean", {}),
+           ("ddpm", "mean", {}), ("distributional", "sample", {}))  # fmt: skip
 ONE_STEP = ((1.0, 0.5), (0.5, 0.25), (0.25, 0.1), (0.1, 0.05), (0.05, 0.01))
 OUT = Path(__file__).parent / "results"
 
@@ -80,17 +74,17 @@ def steps_for(nfe: int, per_step: int) -> int:
 
 def psld_rows(gm, ref, n, seed) -> list[dict]:
     ps, rows = PhaseSpace(), []
-    for method in METHODS:
+    for method in samplers_for("phase_space"):
         for churn in (0.0, 1.0) if method == "distributional" else (None,):
             opts = {} if churn is None else {"churn": churn}
             kind = "sample" if method == "distributional" else "mean"
             for nfe in NFES:
                 g = torch.Generator().manual_seed(seed)
-                model = phase_space_mixture_model(gm, ps, kind, generator=g)
+                model = gm.as_model(ps, kind, generator=g)
                 z = ps.prior_sample((n, D), generator=g, dtype=F64)
-                steps = steps_for(nfe, NFE_PER_STEP[method])
-                x, used = sample_phase_space(
-                    model, z, schedule=ps, method=method, steps=steps, generator=g, **opts
+                steps = steps_for(nfe, SAMPLERS[method].nfe_per_step)
+                x, used = sample(
+                    model, z, process=ps, method=method, steps=steps, generator=g, **opts
                 )
                 name = method if churn is None else f"{method} (churn {churn:g})"
                 rows.append({"process": "psld", "sampler": name, "nfe": used, "steps": steps,
@@ -105,10 +99,11 @@ def vp_rows(gm, ref, n, seed) -> list[dict]:
             g = torch.Generator().manual_seed(seed)
             model = gm.as_model("cosine", kind=kind, generator=g)
             x_T = torch.randn(n, D, generator=g, dtype=F64)
+            steps = steps_for(nfe, SAMPLERS[method].nfe_per_step)
             x, used = sample(
-                model, x_T, schedule="cosine", method=method, steps=nfe, generator=g, **opts
+                model, x_T, process="cosine", method=method, steps=steps, generator=g, **opts
             )
-            rows.append({"process": "vp (cosine)", "sampler": method, "nfe": used, "steps": nfe,
+            rows.append({"process": "vp (cosine)", "sampler": method, "nfe": used, "steps": steps,
                          **metrics(x, gm, ref)})  # fmt: skip
     return rows
 
@@ -128,8 +123,8 @@ def one_step_rows(seed: int) -> list[dict]:
                        "conjugate_se", "conjugate_vv", "distributional"):  # fmt: skip
             got = []
             grid = torch.tensor([t, s, 0.0], dtype=F64)
-            sample_phase_space(model, z, schedule=ps, method=method, steps=2, grid=grid,
-                               callback=lambda i, u, zz, xx, got=got: got.append(zz))  # fmt: skip
+            sample(model, z, process=ps, method=method, steps=2, grid=grid,
+                   callback=lambda i, u, zz, xx, got=got: got.append(zz))  # fmt: skip
             row[method] = float((got[-1] - exact).abs().max())
         rows.append(row)
     return rows

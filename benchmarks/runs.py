@@ -6,13 +6,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diffusion_policy_dist.diffusion.phase_space import METHODS, NFE_PER_STEP
+from diffusion_policy_dist.diffusion.samplers import SAMPLERS, samplers_for
 from diffusion_policy_dist.stats import wilson_interval
 
 # t_{0.975} with n - 1 degrees of freedom, for intervals across a few training seeds
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
-# the phase-space integrators the sweep runs (of METHODS, which also holds naive_se,
-# conjugate_se and the distributional bridge)
+# the phase-space integrators the sweep runs (of samplers_for("phase_space"), which also holds
+# naive_se, conjugate_se and the distributional bridge)
 PSLD_METHODS = ("euler", "reduced_se", "reduced_vv", "naive_vv", "reduced_oba", "lambda_ddim",
                 "conjugate_vv", "em", "sscs")  # fmt: skip
 
@@ -34,7 +34,7 @@ def parse_sampler(spec: str) -> dict[str, Any]:
 def model_for(sampler: Mapping[str, Any], models: Sequence[str]) -> str:
     """The model a sampler spec runs on: distributional samplers on the distributional model,
     the others on the mean model (of the phase-space pair for phase-space kinds)."""
-    psld = sampler["kind"] in METHODS and sampler["kind"] != "distributional"
+    psld = sampler["kind"] in samplers_for("phase_space") and sampler["kind"] != "distributional"
     dist = sampler["kind"] == "distributional"
     want = ("psld_" if psld else "") + ("distributional" if dist else "mean")
     want = {"mean": "ddpm"}.get(want, want)
@@ -45,7 +45,7 @@ def model_for(sampler: Mapping[str, Any], models: Sequence[str]) -> str:
 
 def steps_for_nfe(kind: str, nfe: int) -> int:
     """Steps that spend about ``nfe`` network calls (a naive integrator calls more per step)."""
-    per = NFE_PER_STEP.get(kind, 1)
+    per = SAMPLERS[kind].nfe_per_step
     return max(1, round((nfe + per - 1) / per))  # a naive scheme spends per * steps - per + 1
 
 
@@ -57,6 +57,8 @@ def sweep(models: Sequence[str], nfe: Sequence[int], churns: Sequence[float], tu
     for k in nfe:
         if "ddpm" in models:
             runs.append(("ddpm", {"kind": "ddim", "steps": k, "eta": 0.0}))
+            if k > 1:  # (its first step is DDIM's)
+                runs.append(("ddpm", {"kind": "dpmpp_2m", "steps": k}))
             if k in tuned:
                 runs.append(("ddpm", {"kind": "conjugate", "steps": k, "lam": tuned[k]}))
         for model in ("distributional", "psld_distributional"):

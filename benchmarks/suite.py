@@ -242,6 +242,7 @@ STYLE = {
     "distributional (churn 0)": ("tab:blue", "o", "-"),
     "distributional (churn 1)": ("tab:cyan", "s", "--"),
     "ddim": ("tab:orange", "^", "-"),
+    "dpmpp_2m": ("tab:green", "D", "-"),
     "conjugate": ("tab:red", "v", "-."),
     "ddpm": ("black", "*", ""),
 }

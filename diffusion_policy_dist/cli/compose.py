@@ -18,13 +18,13 @@ _REGISTERED = False
 def _choice_groups() -> dict[str, dict[str, Any]]:
     """Config group -> option name -> dataclass instance, from the registries."""
     from ..diffusion.losses import LOSSES, KernelLoss
-    from ..diffusion.sampling import SAMPLERS
-    from ..diffusion.schedules import SCHEDULES
+    from ..diffusion.processes import PROCESS_CONFIGS
+    from ..diffusion.samplers import SAMPLERS
 
     losses = {name: cls() for name, cls in LOSSES.items() if name != "kernel"}
     losses.update(kernel_rbf=KernelLoss(kernel="rbf"), kernel_imq=KernelLoss(kernel="imq"))
     return {
-        "schedule": {name: cls() for name, cls in SCHEDULES.items()},
+        "schedule": {name: cls() for name, cls in PROCESS_CONFIGS.items()},
         "loss": losses,
         "sampler": {name: cls() for name, cls in SAMPLERS.items()},
     }

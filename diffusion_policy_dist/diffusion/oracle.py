@@ -8,17 +8,20 @@ Gaussian mixture with
 - covs    ``C_k = S_k - a^2 S_k (a^2 S_k + s^2 I)^-1 S_k``.
 
 Plugging the exact posterior mean or sampler in as the ``model`` of a sampler lets every
-sampler's output distribution be checked against the truth at any number of steps.
+sampler's output distribution be checked against the truth at any number of steps, for any
+process: each tells what its state says about x0 as a Gaussian observation ``y = a x0 + s n``
+(``process.observation``; in phase space a and s come from the 2x2 marginal per coordinate).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .schedules import Schedule, make_schedule
+from .processes import make_process
 
 
 class GaussianMixture:
@@ -100,27 +103,27 @@ class GaussianMixture:
 
     def as_model(
         self,
-        schedule: str | Schedule,
+        process: Any,
         kind: str = "mean",
         generator: torch.Generator | None = None,
     ) -> Callable[[Tensor, Tensor, object], Tensor]:
         """A sampler-compatible ``model(x_t, t, cond)`` returning the exact posterior mean
-        (``kind="mean"``) or an exact posterior sample (``kind="sample"``).
+        (``kind="mean"``) or an exact posterior sample (``kind="sample"``) for x0 ~ this
+        mixture, under ``process`` (a process, schedule or config; see
+        :func:`~.processes.make_process`).
 
-        x_t may have any shape ``[B, *shape]`` with ``prod(shape) == D``.
+        x_t may have any shape ``[B, *shape]`` whose x0 (``process.x0_shape``) has D numbers.
         """
-        sched = make_schedule(schedule)
+        proc = make_process(process)
         if kind not in ("mean", "sample"):
             raise ValueError(f"kind must be 'mean' or 'sample', got {kind!r}")
 
         def model(x_t: Tensor, t: Tensor, cond: object = None) -> Tensor:
-            flat = x_t.reshape(x_t.shape[0], -1)
-            a = sched.alpha(t.double())
-            s = sched.sigma(t.double())
+            y, a, s = proc.observation(x_t, t)
             if kind == "mean":
-                out = self.posterior_mean(flat, a, s)
+                out = self.posterior_mean(y, a, s)
             else:
-                out = self.posterior_sample(flat, a, s, generator=generator)
-            return out.to(x_t.dtype).reshape(x_t.shape)
+                out = self.posterior_sample(y, a, s, generator=generator)
+            return out.to(x_t.dtype).reshape(proc.x0_shape(tuple(x_t.shape)))
 
         return model

@@ -1,8 +1,9 @@
-"""Noise schedules in continuous time: ``x_t = alpha(t) x_0 + sigma(t) eps`` for t in [0, 1].
+"""VP noise schedules in continuous time: ``x_t = alpha(t) x_0 + sigma(t) eps`` for t in [0, 1].
 
 A schedule is a plain object with ``alpha(t)``, ``sigma(t)`` and ``log_snr(t)``; every
 method takes and returns tensors of the same shape. Samplers and losses accept any object
-with ``alpha`` and ``sigma``, so user schedules need not subclass anything here.
+with ``alpha`` and ``sigma``, so user schedules need not subclass anything here. A schedule
+becomes a forward process in :mod:`.processes` (where phase-space diffusion lives too).
 
 The time argument is clamped to ``[t_min, t_max]`` so that neither alpha nor sigma is ever
 exactly zero where a formula divides by it.
@@ -16,8 +17,6 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
-
-from .phase_space import PhaseSpace
 
 
 @runtime_checkable
@@ -111,7 +110,6 @@ SCHEDULES: dict[str, type] = {
     "cosine": CosineSchedule,
     "linear": LinearSchedule,
     "flow": FlowSchedule,
-    "psld": PhaseSpace,  # phase-space diffusion: 2 channels per action dimension
 }
 
 
@@ -129,8 +127,6 @@ def make_schedule(schedule: str | Schedule | dict, **kwargs) -> Schedule:
             raise ValueError(f"schedule config {dict(schedule)} has no 'kind'")
         params.update(kwargs)
         return make_schedule(name, **params)
-    if isinstance(schedule, PhaseSpace):
-        return schedule
     if not (hasattr(schedule, "alpha") and hasattr(schedule, "sigma")):
         raise TypeError(
             f"schedule must be a name, a dict or an object with alpha(t) and sigma(t); "

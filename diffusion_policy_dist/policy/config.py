@@ -20,17 +20,23 @@ from typing import Any, TypeVar
 from ..data.normalizer import SCHEMES
 from ..diffusion.losses import LOSSES, EnergyLoss, LossConfig
 from ..diffusion.parameterization import PREDICTIONS
-from ..diffusion.phase_space import METHODS as PHASE_SPACE_METHODS
-from ..diffusion.phase_space import PhaseSpace
-from ..diffusion.sampling import (
+from ..diffusion.processes import PROCESS_CONFIGS, make_process
+from ..diffusion.samplers import (
     SAMPLERS,
     DistributionalSampler,
-    PhaseSpaceSamplerConfig,
     SamplerConfig,
+    check_sampler_runs,
 )
-from ..diffusion.schedules import SCHEDULES, CosineSchedule
+from ..diffusion.schedules import CosineSchedule
 
 T = TypeVar("T")
+
+#: the default of each choice a policy makes: its one source (a run config's groups use it too)
+DEFAULT_CHOICES: dict[str, Any] = {
+    "schedule": CosineSchedule,
+    "loss": EnergyLoss,
+    "sampler": DistributionalSampler,
+}
 
 POLICY_KINDS = ("mean", "distributional")
 NOISE_INJECTIONS = ("concat", "film", "late")
@@ -145,9 +151,9 @@ class PolicyConfig(PolicyOptions):
     and default sampler (in a run config these are their own groups)."""
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    schedule: Any = field(default_factory=CosineSchedule)
-    loss: Any = field(default_factory=EnergyLoss)
-    sampler: Any = field(default_factory=DistributionalSampler)
+    schedule: Any = field(default_factory=DEFAULT_CHOICES["schedule"])
+    loss: Any = field(default_factory=DEFAULT_CHOICES["loss"])
+    sampler: Any = field(default_factory=DEFAULT_CHOICES["sampler"])
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -166,20 +172,10 @@ class PolicyConfig(PolicyOptions):
         self._check_process()
 
     def _check_process(self) -> None:
-        """Phase-space diffusion takes its own samplers, x0 prediction and no prior."""
-        psld = isinstance(self.schedule, PhaseSpace)
-        kind = self.sampler.kind
-        if psld and kind not in PHASE_SPACE_METHODS:
-            raise ValueError(
-                f"sampler={kind} does not run phase-space diffusion (schedule=psld); its samplers "
-                f"are {list(PHASE_SPACE_METHODS)}"
-            )
-        if not psld and isinstance(self.sampler, PhaseSpaceSamplerConfig):
-            raise ValueError(f"sampler={kind} needs the phase-space schedule (schedule=psld)")
-        if psld and self.kind == "mean" and self.prediction != "sample":
-            raise ValueError("a phase-space mean model predicts x0: set policy.prediction=sample")
-        if psld and self.prior.alpha is not None:
-            raise ValueError("policy.prior (truncated diffusion) is for VP schedules, not psld")
+        """The forward process must take this model and be integrated by its sampler."""
+        process = make_process(self.schedule)
+        process.check_policy(self.kind, self.prediction, self.prior.alpha)
+        check_sampler_runs(self.sampler, process)
 
 
 def build_config(cls: type[T], data: Mapping[str, Any] | T | None, where: str) -> T:
@@ -229,7 +225,7 @@ def policy_config(data: Mapping[str, Any] | PolicyConfig, where: str = "policy")
         return data
     d = dict(data)
     defaults = PolicyConfig.__dataclass_fields__
-    for key, registry in (("schedule", SCHEDULES), ("loss", LOSSES), ("sampler", SAMPLERS)):
+    for key, registry in (("schedule", PROCESS_CONFIGS), ("loss", LOSSES), ("sampler", SAMPLERS)):
         if key in d:
             default_kind = defaults[key].default_factory().kind
             d[key] = build_choice(registry, d[key], f"{where}.{key}", default_kind)

@@ -31,32 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.losses import mse_loss, time_weight
-from ..diffusion.parameterization import expand_like, prediction_target, to_x0
-from ..diffusion.phase_space import PhaseSpace
-from ..diffusion.schedules import Schedule
 
 # (in_channels, extra condition dims[, noise_dim, noise_levels]) -> network with
 # forward(x [B, H, C], t [B], cond [B, D][, noise [B, m, noise_dim]]) (see ConditionalUnet1D)
 NetFactory = Callable[..., nn.Module]
-
-
-def state_channels(schedule: Schedule, action_dim: int) -> int:
-    """Channels of the diffused state: the actions, or (x, m) pairs in phase space."""
-    return schedule.channels(action_dim) if isinstance(schedule, PhaseSpace) else action_dim
-
-
-def _noisy(schedule: Schedule, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(t, eps, a, s, x_t)`` for one random time per example (t drawn before eps). In phase
-    space ``x_t`` is z_t ``[B, H, 2 Da]`` (t in [t_min, 1]) and ``a``, ``s`` are None."""
-    t = torch.rand(x0.shape[0], device=x0.device)
-    if isinstance(schedule, PhaseSpace):
-        t = schedule.t_min + (1.0 - schedule.t_min) * t
-        eps = torch.randn(*x0.shape[:-1], 2 * x0.shape[-1], device=x0.device, dtype=x0.dtype)
-        return t, eps, None, None, schedule.perturb(x0, t, eps)
-    eps = torch.randn_like(x0)
-    a = expand_like(schedule.alpha(t), x0)
-    s = expand_like(schedule.sigma(t), x0)
-    return t, eps, a, s, a * x0 + s * eps
 
 
 class Denoiser:
@@ -64,8 +42,8 @@ class Denoiser:
 
     net: nn.Module
 
-    def __init__(self, cfg: Any, schedule: Schedule, action_dim: int, horizon: int) -> None:
-        self.cfg, self.schedule = cfg, schedule
+    def __init__(self, cfg: Any, process: Any, action_dim: int, horizon: int) -> None:
+        self.cfg, self.process = cfg, process
         self.loss_cfg = cfg.loss
         self.action_dim, self.horizon = action_dim, horizon
         self.known_channels = action_dim + 1 if getattr(cfg, "prefix_steps", 0) else 0
@@ -105,30 +83,25 @@ class Denoiser:
 
     def _weight(self, t: Tensor, space: str = "sample") -> Tensor:
         lc = self.loss_cfg
-        return time_weight(lc.weighting, self.schedule, t, lc.weight_bias, space)
+        return time_weight(lc.weighting, self.process, t, lc.weight_bias, space)
 
 
 class MeanDenoiser(Denoiser):
     """Predicts eps, x0 or v (``cfg.prediction``) from ``x_t``; x0 estimate = posterior mean.
     In phase space it predicts x0 from z_t."""
 
-    def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
-        super().__init__(cfg, schedule, action_dim, horizon)
-        self.net = make_net(state_channels(schedule, action_dim) + self.known_channels, 0)
+    def __init__(self, cfg, process, action_dim, horizon, make_net: NetFactory) -> None:
+        super().__init__(cfg, process, action_dim, horizon)
+        self.net = make_net(process.channels(action_dim) + self.known_channels, 0)
 
     def x0(self, x_t, t, cond, generator=None, known=None):
         out = self.net(self._inputs([x_t], known), t, cond)
-        if self.cfg.prediction == "sample":
-            return out
-        a = expand_like(self.schedule.alpha(t), x_t)
-        s = expand_like(self.schedule.sigma(t), x_t)
-        return to_x0(self.cfg.prediction, out, x_t, a, s)
+        return self.process.to_x0(self.cfg.prediction, out, x_t, t)
 
     def loss(self, x0, cond, action_is_pad=None, known=None):
-        t, eps, a, s, x_t = _noisy(self.schedule, x0)
+        t, eps, x_t = self.process.training_draw(x0)
         pred = self.net(self._inputs([x_t], known), t, cond)
-        sample = self.cfg.prediction == "sample"
-        target = x0 if sample else prediction_target(self.cfg.prediction, x0, eps, a, s)
+        target = self.process.target(self.cfg.prediction, x0, eps, t)
         per_example = mse_loss(pred.float(), target, self._mask(action_is_pad))
         return self._weight(t, self.cfg.prediction) * per_example, {}
 
@@ -139,9 +112,9 @@ class DistributionalDenoiser(Denoiser):
     condition; ``late``: a ``[noise_dim]`` vector enters only the network's last
     ``noise_levels`` decoder levels, so the rest runs once for an example's m samples)."""
 
-    def __init__(self, cfg, schedule, action_dim, horizon, make_net: NetFactory) -> None:
-        super().__init__(cfg, schedule, action_dim, horizon)
-        channels = state_channels(schedule, action_dim) + self.known_channels
+    def __init__(self, cfg, process, action_dim, horizon, make_net: NetFactory) -> None:
+        super().__init__(cfg, process, action_dim, horizon)
+        channels = process.channels(action_dim) + self.known_channels
         if cfg.noise_injection == "concat":
             self.noise_shape: tuple[int, ...] = (horizon, cfg.noise_dim or action_dim)
             self.net = make_net(channels + self.noise_shape[1], 0)
@@ -187,7 +160,7 @@ class DistributionalDenoiser(Denoiser):
         return rows.float().view(B, m, *rows.shape[1:])
 
     def loss(self, x0, cond, action_is_pad=None, known=None):
-        t, _, _, _, x_t = _noisy(self.schedule, x0)
+        t, _, x_t = self.process.training_draw(x0)
         m = self.loss_cfg.m
         samples = self._samples(x_t, t, cond, known)
         per_example = self.loss_cfg.score(samples, x0, self._mask(action_is_pad))

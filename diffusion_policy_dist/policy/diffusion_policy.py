@@ -1,8 +1,8 @@
 """Diffusion policy over action chunks, for either denoiser (see :mod:`.denoisers`).
 
-The policy owns normalization, the observation encoder, the schedule, the denoiser (and its
+The policy owns normalization, the observation encoder, the forward process, the denoiser (and its
 network) and the optional truncation prior; the network sees none of the first three. Sampling
-goes through :func:`diffusion_policy_dist.diffusion.sampling.sample`, which sees only
+goes through :func:`diffusion_policy_dist.diffusion.samplers.sample`, which sees only
 ``model(x_t, t, cond) -> x0``.
 """
 
@@ -16,15 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from ..data.normalizer import Normalizer
-from ..diffusion.phase_space import PhaseSpace
-from ..diffusion.sampling import SAMPLERS, SamplerConfig, sample
-from ..diffusion.schedules import make_schedule, t_at_alpha
+from ..diffusion.processes import make_process
+from ..diffusion.samplers import SAMPLERS, SamplerConfig, sample
+from ..diffusion.schedules import t_at_alpha
 from ..models.obs_encoders import ObsEncoder, obs_keys_by_type
 from ..models.prior import MixtureDensityPrior
 from ..models.unet1d import ConditionalUnet1D
 from ..window import Window
 from .config import PolicyConfig, build_choice, policy_config
-from .denoisers import DENOISERS, state_channels
+from .denoisers import DENOISERS
 from .prefix import inpaint, known_from_prefix, random_known
 from .queues import ActionQueue, ObsHistory, camera_chw, select_obs
 
@@ -57,7 +57,7 @@ class DiffusionPolicy(nn.Module):
         self.window = window
         window.check_divisible(len(cfg.network.down_dims))
         self.action_dim = int(shape_meta["action"]["shape"][0])
-        self.schedule = make_schedule(cfg.schedule)
+        self.process = make_process(cfg.schedule)
         low_dim = obs_keys_by_type(shape_meta)["low_dim"]
         norm_shapes = {k: tuple(shape_meta["obs"][k]["shape"]) for k in low_dim}
         norm_shapes["action"] = (self.action_dim,)
@@ -72,13 +72,13 @@ class DiffusionPolicy(nn.Module):
             image_feature_dim=enc.image_feature_dim,
         )
         self.denoiser = DENOISERS[cfg.kind](
-            cfg, self.schedule, self.action_dim, window.horizon, self._net_factory()
+            cfg, self.process, self.action_dim, window.horizon, self._net_factory()
         )
         self.net = self.denoiser.net
         self.t_prime: float | None = None
         self.prior: MixtureDensityPrior | None = None
         if cfg.prior.alpha is not None:
-            self.t_prime = t_at_alpha(self.schedule, cfg.prior.alpha)
+            self.t_prime = t_at_alpha(self.process, cfg.prior.alpha)
             self.prior = MixtureDensityPrior(
                 self.obs_encoder.output_dim,
                 window.horizon * self.action_dim,
@@ -131,7 +131,7 @@ class DiffusionPolicy(nn.Module):
     def one_forward(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One network evaluation at t = 0.5 on random ``x_t`` for features ``cond [B, D]``: the
         floor of any sampler's cost per chunk (what latency is compared with)."""
-        channels = state_channels(self.schedule, self.action_dim)
+        channels = self.process.channels(self.action_dim)
         shape = (cond.shape[0], self.window.horizon, channels)
         x = torch.randn(shape, generator=generator, device=cond.device)
         t = torch.full((cond.shape[0],), 0.5, device=cond.device)
@@ -159,8 +159,8 @@ class DiffusionPolicy(nn.Module):
         loss = per_example.mean()
         info["denoise_loss"] = float(loss.detach())
         if self.prior is not None:
-            a_p = float(self.schedule.alpha(torch.tensor(self.t_prime)))
-            s_p = float(self.schedule.sigma(torch.tensor(self.t_prime)))
+            a_p = float(self.process.alpha(torch.tensor(self.t_prime)))
+            s_p = float(self.process.sigma(torch.tensor(self.t_prime)))
             x_tp = a_p * x0 + s_p * torch.randn_like(x0)
             # the prior is trained on its own term, with features detached, so adding it never
             # changes the denoiser's gradients (joint training == training it afterwards)
@@ -179,10 +179,8 @@ class DiffusionPolicy(nn.Module):
             t0 = time.perf_counter()
             x = self.prior.sample(cond, generator=generator).view(shape)
             return x, float(self.t_prime), 1000 * (time.perf_counter() - t0)
-        if isinstance(self.schedule, PhaseSpace):
-            z = self.schedule.prior_sample(shape, generator=generator, device=cond.device)
-            return z, sc.t_start, 0.0
-        return torch.randn(shape, generator=generator, device=cond.device), sc.t_start, 0.0
+        x = self.process.prior_sample(shape, generator=generator, device=cond.device)
+        return x, sc.t_start, 0.0
 
     @torch.no_grad()
     def predict_action(
@@ -219,7 +217,7 @@ class DiffusionPolicy(nn.Module):
         x0, nfe = sample(
             model,
             x_start,
-            schedule=self.schedule,
+            process=self.process,
             method=sc.kind,
             steps=sc.steps,
             t_start=t_start,

@@ -237,7 +237,7 @@ def migrate_meta(meta: Mapping[str, Any], where: str = "meta.json") -> dict:
         )
     if version == 1 and isinstance(meta.get("policy"), Mapping):
         from ..diffusion.losses import LOSSES
-        from ..diffusion.sampling import SAMPLERS
+        from ..diffusion.samplers import SAMPLERS
 
         policy = dict(meta["policy"])
         try:

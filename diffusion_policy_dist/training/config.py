@@ -11,11 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..diffusion.losses import EnergyLoss
-from ..diffusion.sampling import DistributionalSampler
-from ..diffusion.schedules import CosineSchedule
 from ..env_options import EnvOptions
-from ..policy.config import NetworkConfig, PolicyConfig, PolicyOptions
+from ..policy.config import DEFAULT_CHOICES, NetworkConfig, PolicyConfig, PolicyOptions
 from ..window import Window
 
 MISSING = "???"  # OmegaConf's marker of a required value
@@ -133,9 +130,9 @@ class TrainRun:
     window: Window = field(default_factory=Window)
     policy: PolicyOptions = field(default_factory=PolicyOptions)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    schedule: Any = field(default_factory=CosineSchedule)
-    loss: Any = field(default_factory=EnergyLoss)
-    sampler: Any = field(default_factory=DistributionalSampler)
+    schedule: Any = field(default_factory=DEFAULT_CHOICES["schedule"])
+    loss: Any = field(default_factory=DEFAULT_CHOICES["loss"])
+    sampler: Any = field(default_factory=DEFAULT_CHOICES["sampler"])
     training: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str | None = None
     seed: int = 0

@@ -32,9 +32,9 @@ def fit_prior(
     likelihood on ``alpha a0 + sigma eps`` (fresh noise every step) of ``dataset``'s action
     chunks given the policy's frozen features. Returns the NLL per step (nats per dimension)."""
     gen = torch.Generator().manual_seed(seed)
-    t_prime = t_at_alpha(policy.schedule, alpha)
-    a = float(policy.schedule.alpha(torch.tensor(t_prime)))
-    s = float(policy.schedule.sigma(torch.tensor(t_prime)))
+    t_prime = t_at_alpha(policy.process, alpha)
+    a = float(policy.process.alpha(torch.tensor(t_prime)))
+    s = float(policy.process.sigma(torch.tensor(t_prime)))
     dev = policy.device
     prior = MixtureDensityPrior(
         policy.obs_encoder.output_dim, policy.window.horizon * policy.action_dim, components, hidden

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from diffusion_policy_dist.cli.compose import compose
 from diffusion_policy_dist.cli.main import COMMANDS, main
 from diffusion_policy_dist.diffusion.losses import LOSSES
-from diffusion_policy_dist.diffusion.sampling import SAMPLERS
-from diffusion_policy_dist.diffusion.schedules import SCHEDULES
+from diffusion_policy_dist.diffusion.processes import PROCESS_CONFIGS
+from diffusion_policy_dist.diffusion.samplers import SAMPLERS
 
 ROOT = Path(__file__).resolve().parents[2]
 V1 = ROOT / "tests" / "fixtures" / "v1" / "distributional"  # a checkpoint of version 0.1
@@ -97,14 +97,13 @@ def test_every_preset_file_composes(group):
 
 
 @pytest.mark.parametrize(
-    "group,registry", [("sampler", SAMPLERS), ("loss", LOSSES), ("schedule", SCHEDULES)]
+    "group,registry", [("sampler", SAMPLERS), ("loss", LOSSES), ("schedule", PROCESS_CONFIGS)]
 )
 def test_every_registered_choice_is_a_config_option(group, registry):
-    from diffusion_policy_dist.diffusion.sampling import PhaseSpaceSamplerConfig
-
     for kind, cls in registry.items():
         option = {"loss": {"kernel": "kernel_rbf"}}.get(group, {}).get(kind, kind)
-        extra = ["policy=psld_mean"] if issubclass(cls, PhaseSpaceSamplerConfig) else []
+        psld_only = "vp" not in getattr(cls, "families", ("vp",))
+        extra = ["policy=psld_mean"] if psld_only or kind == "psld" else []
         extra += ["policy=ddpm"] if (group, kind) == ("loss", "mse") else []
         cfg = compose("train", ["dataset.path=x.zarr", *extra, f"{group}={option}"])
         assert isinstance(getattr(cfg, group), cls)

@@ -12,15 +12,14 @@ import pytest
 import torch
 
 from diffusion_policy_dist.diffusion.oracle import GaussianMixture
-from diffusion_policy_dist.diffusion.phase_space import (
-    METHODS,
+from diffusion_policy_dist.diffusion.processes.phase_space import (
     PhaseSpace,
     bridge_coefs,
-    check_phase_space_opts,
     pf_transport,
-    phase_space_mixture_model,
-    sample_phase_space,
 )
+from diffusion_policy_dist.diffusion.samplers import sample, sampler_config, samplers_for
+
+METHODS = tuple(samplers_for("phase_space"))
 
 # coarse conjugate steps are tested on purpose (their warning: test_phase_space_plumbing.py)
 pytestmark = [
@@ -209,8 +208,8 @@ def test_mixture_posterior_matches_importance_weighting():
     a, S = ref_marginal(DEFAULT, t)
     z = torch.tensor([[0.2, -0.1, 0.05, 0.1], [-0.6, 0.3, -0.02, 0.0]], dtype=F64)
     tt = torch.full((2,), t, dtype=F64)
-    mean = phase_space_mixture_model(gm, ps, "mean")(z, tt)
-    draws = phase_space_mixture_model(gm, ps, "sample", generator=g)(z.repeat(20000, 1), tt)
+    mean = gm.as_model(ps, "mean")(z, tt)
+    draws = gm.as_model(ps, "sample", generator=g)(z.repeat(20000, 1), tt)
     for j in range(2):
         r = pairs(z[j : j + 1]) - a * prop[..., None]  # [P, D, 2]
         logw = -0.5 * (r @ torch.linalg.inv(S) * r).sum((-1, -2))
@@ -377,10 +376,10 @@ def test_deterministic_step_matches_reference(method, opts, p):
     grid = torch.tensor([0.6, 0.35, 0.15, 0.0], dtype=F64)
     z = torch.randn(5, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
     seen = []
-    x0, nfe = sample_phase_space(
+    x0, nfe = sample(
         toy_model,
         z,
-        schedule=ps,
+        process=ps,
         method=method,
         steps=3,
         grid=grid,
@@ -539,10 +538,10 @@ def test_stochastic_step_moments_match_reference(method, opts, p):
     t, s = 0.4, 0.2
     z = torch.tensor([0.3, -0.8, 0.2, 0.4], dtype=F64)
     seen = {}
-    sample_phase_space(
+    sample(
         toy_model,
         z.expand(N, 4).clone(),
-        schedule=ps,
+        process=ps,
         method=method,
         steps=2,
         grid=torch.tensor([t, s, 0.0], dtype=F64),
@@ -575,13 +574,13 @@ def test_distributional_with_exact_posterior_sampler_reproduces_mixture(steps, c
     moves the next posterior draw."""
     ps, gm, N = PhaseSpace(), two_modes(), 20000
     g = torch.Generator().manual_seed(10 * steps + int(4 * churn))
-    model = phase_space_mixture_model(gm, ps, "sample", generator=g)
+    model = gm.as_model(ps, "sample", generator=g)
     zT = ps.prior_sample((N, 2), generator=g, dtype=F64)
     grid = torch.tensor(BRIDGE_GRIDS[steps], dtype=F64)
-    x0, nfe = sample_phase_space(
+    x0, nfe = sample(
         model,
         zT,
-        schedule=ps,
+        process=ps,
         method="distributional",
         steps=steps,
         grid=grid,
@@ -594,11 +593,11 @@ def test_distributional_with_exact_posterior_sampler_reproduces_mixture(steps, c
 
 def test_one_step_mean_sampler_collapses_to_the_data_mean():
     ps, gm = PhaseSpace(), two_modes()
-    model = phase_space_mixture_model(gm, ps, "mean")
+    model = gm.as_model(ps, "mean")
     zT = ps.prior_sample((4000, 2), generator=torch.Generator().manual_seed(4), dtype=F64)
     data_mean = (gm.weights[:, None] * gm.means).sum(0)
     for method in METHODS:
-        x0, nfe = sample_phase_space(model, zT, schedule=ps, method=method, steps=1)
+        x0, nfe = sample(model, zT, process=ps, method=method, steps=1)
         assert nfe == 1
         assert (x0 - data_mean).norm(dim=1).max() < 0.05, method
         assert torch.cdist(x0, gm.means).min() > 0.5, method
@@ -646,7 +645,7 @@ ORDERS = {  # method, opts -> accepted band for the fitted order (see phase_spac
 @pytest.fixture(scope="module")
 def pf_problem():
     ps, gm = PhaseSpace(), two_modes()
-    model = phase_space_mixture_model(gm, ps, "mean")
+    model = gm.as_model(ps, "mean")
     zT = ps.prior_sample((64, 2), generator=torch.Generator().manual_seed(5), dtype=F64)
     t_end = 0.1
     ref = pf_reference(model, ps, zT, t_end)
@@ -667,10 +666,10 @@ def test_order_of_convergence_on_the_pf_ode(key, pf_problem):
     Ks, errs, seen = (rest[0] if rest else (16, 32, 64, 128)), [], {}
     for K in Ks:
         grid = torch.cat([torch.linspace(1.0, t_end, K + 1, dtype=F64), torch.zeros(1, dtype=F64)])
-        sample_phase_space(
+        sample(
             model,
             zT,
-            schedule=ps,
+            process=ps,
             method=method,
             steps=K + 1,
             grid=grid,
@@ -708,11 +707,11 @@ def test_deterministic_samplers_with_exact_mean_converge_to_the_data(method, dat
     """logsnr grid. Euler on the PF ODE is stiff near t = 0 (the momentum channel relaxes at a
     rate ~ G G^T / S_mm ~ 200), so it gets 512 steps; the others 128."""
     ps, gm, truth, zT, floor = data_problem
-    model = phase_space_mixture_model(gm, ps, "mean")
+    model = gm.as_model(ps, "mean")
     K = 512 if method == "euler" else 128
     dist = []
     for steps in (8, K):
-        x, _ = sample_phase_space(model, zT, schedule=ps, method=method, steps=steps, grid="logsnr")
+        x, _ = sample(model, zT, process=ps, method=method, steps=steps, grid="logsnr")
         dist.append(w1(x, truth))
     assert dist[1] < (3 if method == "euler" else 2) * floor, (method, dist, floor)
     assert dist[1] < 0.5 * dist[0], (method, dist, floor)
@@ -724,10 +723,10 @@ def test_deterministic_samplers_with_exact_mean_converge_to_the_data(method, dat
 )
 def test_stochastic_samplers_with_exact_mean_are_weakly_right(method, opts, data_problem):
     ps, gm, truth, zT, floor = data_problem
-    model = phase_space_mixture_model(gm, ps, "mean")
+    model = gm.as_model(ps, "mean")
     g = torch.Generator().manual_seed(9)
-    x, nfe = sample_phase_space(
-        model, zT, schedule=ps, method=method, steps=128, grid="logsnr", generator=g, **opts
+    x, nfe = sample(
+        model, zT, process=ps, method=method, steps=128, grid="logsnr", generator=g, **opts
     )
     assert nfe == 128
     assert w1(x, truth) < 3 * floor, (method, w1(x, truth), floor)
@@ -741,14 +740,14 @@ def test_contract_shapes_nfe_dtype_and_options():
     assert z.shape == (3, 5, 4) and z.dtype == torch.get_default_dtype()
     nfe_per_step = {"naive_se": 2, "naive_vv": 3}
     for method in METHODS:
-        x0, nfe = sample_phase_space(toy_model, z, schedule=ps, method=method, steps=4, grid="edm")
+        x0, nfe = sample(toy_model, z, process=ps, method=method, steps=4, grid="edm")
         assert x0.shape == (3, 5, 2) and x0.dtype == z.dtype and torch.isfinite(x0).all()
         assert nfe == 3 * nfe_per_step.get(method, 1) + 1, method
     calls = []
-    sample_phase_space(
+    sample(
         lambda zz, t, cond: calls.append((t, cond)) or toy_model(zz, t),
         z,
-        schedule=ps,
+        process=ps,
         method="euler",
         steps=2,
         t_start=0.5,
@@ -757,23 +756,20 @@ def test_contract_shapes_nfe_dtype_and_options():
     assert [c[1] for c in calls] == ["obs", "obs"] and calls[0][0].shape == (3,)
     assert calls[0][0][0].item() == pytest.approx(0.5)
     assert calls[1][0][0].item() == pytest.approx(0.25)
-    assert check_phase_space_opts("lambda_ddim", {"lam": 0.2}) == {
-        "clip_x0": None,
-        "lam": 0.2,
-        "quad_points": 129,
-    }
+    assert sampler_config("lambda_ddim", lam=0.2).opts() == {"lam": 0.2, "quad_points": 129}
     with pytest.raises(ValueError, match="does not take"):
-        sample_phase_space(toy_model, z, schedule=ps, method="euler", steps=2, churn=0.5)
-    with pytest.raises(ValueError, match="unknown phase-space sampler"):
-        sample_phase_space(toy_model, z, schedule=ps, method="ddim", steps=2)
+        sample(toy_model, z, process=ps, method="euler", steps=2, churn=0.5)
+    msg = r"sampler=ddim does not run phase-space diffusion \(schedule=psld\); its samplers"
+    with pytest.raises(ValueError, match=msg):
+        sample(toy_model, z, process=ps, method="ddim", steps=2)
     for bad in ({"churn": 1.5}, {"quad_points": 10}, {"clip_x0": 0.0}):
         method = "distributional" if "churn" in bad or "clip_x0" in bad else "lambda_ddim"
         with pytest.raises(ValueError):
-            check_phase_space_opts(method, bad)
-    with pytest.raises(TypeError):
-        sample_phase_space(toy_model, z, schedule="cosine", method="euler", steps=2)
+            sampler_config(method, **bad)
+    with pytest.raises(ValueError, match=r"sampler=euler does not run vp diffusion \(sched"):
+        sample(toy_model, z, process="cosine", method="euler", steps=2)
     with pytest.raises(ValueError, match="even last axis"):
-        sample_phase_space(toy_model, z[..., :3], schedule=ps, method="euler", steps=2)
+        sample(toy_model, z[..., :3], process=ps, method="euler", steps=2)
 
 
 def test_clip_and_times_below_t_min_are_clamped():
@@ -781,10 +777,10 @@ def test_clip_and_times_below_t_min_are_clamped():
     z = ps.prior_sample((4, 2), dtype=F64)
     seen = []
     grid = torch.tensor([0.01, 5e-4, 2e-4, 0.0], dtype=F64)
-    x0, nfe = sample_phase_space(
+    x0, nfe = sample(
         toy_model,
         z,
-        schedule=ps,
+        process=ps,
         method="reduced_vv",
         steps=3,
         grid=grid,

@@ -12,17 +12,15 @@ import pytest
 import torch
 
 from diffusion_policy_dist.diffusion.oracle import GaussianMixture
-from diffusion_policy_dist.diffusion.phase_space import (
-    METHODS,
+from diffusion_policy_dist.diffusion.processes.phase_space import (
     PhaseSpace,
     _noise,
-    _reverse_linear,
     _simpson_sqrt,
-    coarse_step_warning,
-    phase_space_grid,
-    phase_space_mixture_model,
-    sample_phase_space,
 )
+from diffusion_policy_dist.diffusion.samplers import sample, sampler_config, samplers_for
+from diffusion_policy_dist.diffusion.samplers.phase_space import _reverse_linear
+
+METHODS = tuple(samplers_for("phase_space"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
@@ -41,9 +39,7 @@ def _run(method, opts, seed, z, noise_in_between=0):
     torch.manual_seed(noise_in_between)  # the global RNG must not matter
     g = torch.Generator().manual_seed(seed)
     ps = PhaseSpace()
-    return sample_phase_space(
-        half_model, z, schedule=ps, method=method, steps=3, generator=g, **opts
-    )[0]
+    return sample(half_model, z, process=ps, method=method, steps=3, generator=g, **opts)[0]
 
 
 @pytest.mark.parametrize("method,opts", STOCHASTIC)
@@ -75,12 +71,12 @@ def test_deterministic_distributional_step_uses_no_randomness():
     z = ps.prior_sample((6, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
     g = torch.Generator().manual_seed(5)
     before = g.get_state()
-    out, _ = sample_phase_space(
-        half_model, z, schedule=ps, method="distributional", steps=4, churn=0.0, generator=g
+    out, _ = sample(
+        half_model, z, process=ps, method="distributional", steps=4, churn=0.0, generator=g
     )
     assert torch.equal(g.get_state(), before)
-    other, _ = sample_phase_space(
-        half_model, z, schedule=ps, method="distributional", steps=4, churn=0.0,
+    other, _ = sample(
+        half_model, z, process=ps, method="distributional", steps=4, churn=0.0,
         generator=torch.Generator().manual_seed(99),
     )  # fmt: skip
     assert torch.equal(out, other)
@@ -107,7 +103,7 @@ def test_samplers_keep_the_inputs_device_for_the_model_and_the_output(method):
         return zero_model(z, t)
 
     z = torch.empty(2, 3, 4, device="meta")
-    x0, _ = sample_phase_space(model, z, schedule=PhaseSpace(), method=method, steps=2)
+    x0, _ = sample(model, z, schedule=PhaseSpace(), method=method, steps=2)
     assert x0.device.type == "meta" and x0.shape == (2, 3, 2)
     assert set(devices) == {("meta", torch.float32)}
 
@@ -161,11 +157,11 @@ def test_transition_cov_of_a_batch_of_times_matches_each_time():
 )
 def test_explicit_grids_are_checked_with_the_reason(grid, steps, msg):
     with pytest.raises(ValueError, match=msg):
-        phase_space_grid(PhaseSpace(), torch.tensor(grid, dtype=F64), steps, 1.0)
+        PhaseSpace().grid(torch.tensor(grid, dtype=F64), steps, 1.0)
 
 
 def test_explicit_grid_is_float64_and_may_start_at_one():
-    ts = phase_space_grid(PhaseSpace(), [1.0, 0.3, 0.0], 2, 1.0)
+    ts = PhaseSpace().grid([1.0, 0.3, 0.0], 2, 1.0)
     assert ts.dtype == F64 and ts.tolist() == [1.0, 0.3, 0.0]
 
 
@@ -178,13 +174,13 @@ def test_mixture_model_defaults_to_the_mean_and_keeps_dtype():
     ps, gm = PhaseSpace(), _gm()
     z = ps.prior_sample((3, 2), generator=torch.Generator().manual_seed(0))
     t = torch.full((3,), 0.3)
-    default = phase_space_mixture_model(gm, ps)(z, t)
-    torch.testing.assert_close(default, phase_space_mixture_model(gm, ps, "mean")(z, t))
+    default = gm.as_model(ps)(z, t)
+    torch.testing.assert_close(default, gm.as_model(ps, "mean")(z, t))
     assert default.dtype == torch.float32
-    one = phase_space_mixture_model(gm, ps)(z[:1], t[:1])  # a batch of one example
+    one = gm.as_model(ps)(z[:1], t[:1])  # a batch of one example
     torch.testing.assert_close(one, default[:1])
     with pytest.raises(ValueError, match="kind must be 'mean' or 'sample', got 'mode'"):
-        phase_space_mixture_model(gm, ps, "mode")
+        gm.as_model(ps, "mode")
 
 
 def test_euler_maruyama_noise_enters_with_the_diffusion_scale():
@@ -197,8 +193,8 @@ def test_euler_maruyama_noise_enters_with_the_diffusion_scale():
     def one(seed):
         g = torch.Generator().manual_seed(seed)
         seen = []
-        sample_phase_space(
-            zero_model, z, schedule=ps, method="em", steps=2, grid=grid, generator=g,
+        sample(
+            zero_model, z, process=ps, method="em", steps=2, grid=grid, generator=g,
             callback=lambda i, t, zz, xx: seen.append(zz),
         )  # fmt: skip
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
@@ -219,10 +215,10 @@ def test_model_output_shape_error_names_both_shapes():
         return torch.zeros(2, 3, 2)
 
     with pytest.raises(
-        ValueError, match=r"model returned \(2, 3, 2\) for z \(2, 3, 6\); want \(2, 3, 3\)$"
+        ValueError, match=r"model returned \(2, 3, 2\) for x_t \(2, 3, 6\); want \(2, 3, 3\)$"
     ):
-        sample_phase_space(bad, z, schedule=ps, method="euler", steps=1)
-    x0, _ = sample_phase_space(zero_model, z, schedule=ps, method="euler", steps=1)
+        sample(bad, z, process=ps, method="euler", steps=1)
+    x0, _ = sample(zero_model, z, process=ps, method="euler", steps=1)
     assert x0.shape == (2, 3, 3)
 
 
@@ -233,7 +229,7 @@ def test_clip_bounds_the_estimate_on_both_sides():
     def spread(zz, t, cond=None):
         return torch.tensor([[-3.0], [0.25], [3.0]])
 
-    x0, _ = sample_phase_space(spread, z, schedule=ps, method="euler", steps=1, clip_x0=1.0)
+    x0, _ = sample(spread, z, process=ps, method="euler", steps=1, clip_x0=1.0)
     assert x0.flatten().tolist() == [-1.0, 0.25, 1.0]
 
 
@@ -247,27 +243,28 @@ def test_conjugate_schemes_warn_on_steps_they_cannot_take(method, unstable, stab
     ps = PhaseSpace()
     z = ps.prior_sample((2, 1), dtype=F64)
     if unstable is not None:
-        why = coarse_step_warning(ps, method, phase_space_grid(ps, "uniform", unstable, 1.0))
+        why = sampler_config(method).grid_warning(ps, ps.grid("uniform", unstable, 1.0))
         assert f"at least {stable} uniform steps" in why
         with pytest.warns(RuntimeWarning, match=f"'{method}' with steps of up to"):
-            sample_phase_space(zero_model, z, schedule=ps, method=method, steps=unstable)
-    assert coarse_step_warning(ps, method, phase_space_grid(ps, "uniform", stable, 1.0)) is None
-    assert coarse_step_warning(ps, method, torch.tensor([1.0, 0.0], dtype=F64)) is None
+            sample(zero_model, z, process=ps, method=method, steps=unstable)
+    assert sampler_config(method).grid_warning(ps, ps.grid("uniform", stable, 1.0)) is None
+    assert sampler_config(method).grid_warning(ps, torch.tensor([1.0, 0.0], dtype=F64)) is None
     slow = PhaseSpace(beta=1.0)  # a slower process takes the same steps without complaint
-    assert coarse_step_warning(slow, method, phase_space_grid(slow, "uniform", 4, 1.0)) is None
+    assert sampler_config(method).grid_warning(slow, slow.grid("uniform", 4, 1.0)) is None
 
 
 def test_coarse_step_warning_edges_and_message():
     ps = PhaseSpace()
-    two = phase_space_grid(ps, "uniform", 2, 1.0)  # one integration step 1 -> 0.5, then x0
-    assert "h x 16 = 8 > 1.5" in coarse_step_warning(ps, "conjugate_se", two)
-    four = phase_space_grid(ps, "uniform", 4, 1.0)
-    assert "steps of up to 0.25" in coarse_step_warning(ps, "conjugate_vv", four)
-    assert "h x 16 = 4 > 1.5" in coarse_step_warning(ps, "conjugate_vv", four)
+    two = ps.grid("uniform", 2, 1.0)  # one integration step 1 -> 0.5, then x0
+    assert "h x 16 = 8 > 1.5" in sampler_config("conjugate_se").grid_warning(ps, two)
+    four = ps.grid("uniform", 4, 1.0)
+    assert "steps of up to 0.25" in sampler_config("conjugate_vv").grid_warning(ps, four)
+    assert "h x 16 = 4 > 1.5" in sampler_config("conjugate_vv").grid_warning(ps, four)
     edge = PhaseSpace(beta=2.0, gamma=0.5, nu=3.5)  # rate (beta/2)(nu - gamma) = 3, h = 0.5
-    assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.5, 0.0])) is None
-    assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.6, 0.0])) is None
-    assert coarse_step_warning(edge, "conjugate_se", torch.tensor([1.0, 0.4, 0.0])) is not None
+    conj = sampler_config("conjugate_se")
+    assert conj.grid_warning(edge, torch.tensor([1.0, 0.5, 0.0])) is None
+    assert conj.grid_warning(edge, torch.tensor([1.0, 0.6, 0.0])) is None
+    assert conj.grid_warning(edge, torch.tensor([1.0, 0.4, 0.0])) is not None
 
 
 def test_oba_noise_enters_the_o_step_with_its_exact_scale():
@@ -283,8 +280,8 @@ def test_oba_noise_enters_the_o_step_with_its_exact_scale():
 
     def out(x, m, seed):
         seen = []
-        sample_phase_space(
-            zero_model, torch.tensor([[x, m]], dtype=F64), schedule=ps, method="reduced_oba",
+        sample(
+            zero_model, torch.tensor([[x, m]], dtype=F64), process=ps, method="reduced_oba",
             steps=2, grid=grid, generator=torch.Generator().manual_seed(seed),
             callback=lambda i, u, zz, xx: seen.append(zz),
         )  # fmt: skip
@@ -298,11 +295,9 @@ def test_oba_noise_enters_the_o_step_with_its_exact_scale():
     torch.testing.assert_close(base - out(0.0, 0.0, 2), want)
 
 
-def test_extrapolate_must_be_a_bool_and_times_clamp_to_the_unit_interval():
-    from diffusion_policy_dist.diffusion.phase_space import _sym, check_phase_space_opts
+def test_times_clamp_to_the_unit_interval():
+    from diffusion_policy_dist.diffusion.processes.phase_space import _sym
 
-    with pytest.raises(ValueError, match=r"^extrapolate must be a bool, got 1$"):
-        check_phase_space_opts("reduced_vv", {"extrapolate": 1})
     ps = PhaseSpace(t_min=1e-3)
     assert ps.clamp(torch.tensor([0.0, 0.5, 1.5])).tolist() == [1e-3, 0.5, 1.0]
     A = torch.tensor([[1.0, 2.0], [0.0, 3.0]], dtype=F64)

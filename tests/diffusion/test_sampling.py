@@ -7,7 +7,8 @@ import torch
 
 from diffusion_policy_dist.diffusion.grids import time_grid
 from diffusion_policy_dist.diffusion.oracle import GaussianMixture
-from diffusion_policy_dist.diffusion.sampling import SAMPLERS, sample
+from diffusion_policy_dist.diffusion.processes.vp import churn_coefs
+from diffusion_policy_dist.diffusion.samplers import SAMPLERS, sample
 from diffusion_policy_dist.diffusion.schedules import make_schedule, t_at_alpha
 
 N = 20000
@@ -189,8 +190,9 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="does not take"):
         sample(model, torch.randn(2, 2), schedule="cosine", method="ddim", steps=2, churn=1.0)
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample(model, torch.randn(2, 2), schedule="cosine", method="heun", steps=2)
-    with pytest.raises(ValueError, match="needs the phase-space schedule"):
+        sample(model, torch.randn(2, 2), schedule="cosine", method="rk45", steps=2)
+    msg = r"sampler=euler does not run vp diffusion \(schedule=cosine\); its samplers"
+    with pytest.raises(ValueError, match=msg):
         sample(model, torch.randn(2, 2), schedule="cosine", method="euler", steps=2)
     with pytest.raises(ValueError, match="unknown schedule"):
         sample(model, torch.randn(2, 2), schedule="cosinus", method="ddim", steps=2)
@@ -259,7 +261,7 @@ def test_distributional_step_is_ddm_equation_4(churn, schedule):
     r11 = (a_t / a_s) * (s_s / s_t)
     rho = churn**2 * r11 + 1 - churn**2
     want = (rho * s_s / s_t, a_s * (1 - rho * r11), s_s * math.sqrt(1 - rho**2))
-    got = SAMPLERS["distributional"](churn=churn).coefs(sched, T, S)
+    got = churn_coefs(sched, T, S, churn)
     assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
     if churn == 1.0:  # the DDPM posterior
         assert got == pytest.approx(SAMPLERS["ddpm"]().coefs(sched, T, S), rel=1e-9)

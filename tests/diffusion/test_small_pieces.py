@@ -18,8 +18,8 @@ from diffusion_policy_dist.diffusion.parameterization import (
     prediction_target,
     to_x0,
 )
-from diffusion_policy_dist.diffusion.phase_space import PhaseSpace
-from diffusion_policy_dist.diffusion.sampling import sampler_config
+from diffusion_policy_dist.diffusion.processes.phase_space import PhaseSpace
+from diffusion_policy_dist.diffusion.samplers import sampler_config
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "sample", "v"])
@@ -355,7 +355,7 @@ def test_mixture_posterior_draws_with_a_time_per_example_match_the_posterior():
 
 def test_vp_sampler_takes_an_explicit_grid_and_checks_it():
     from diffusion_policy_dist.diffusion.oracle import GaussianMixture
-    from diffusion_policy_dist.diffusion.sampling import sample
+    from diffusion_policy_dist.diffusion.samplers import sample
 
     gm = GaussianMixture(torch.ones(2), torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1, 1) * 0.1)
     model = gm.as_model("cosine")
@@ -379,7 +379,7 @@ def test_vp_sampler_takes_an_explicit_grid_and_checks_it():
 
 
 def test_a_schedule_returning_nan_is_named_in_the_error():
-    from diffusion_policy_dist.diffusion.sampling import sample
+    from diffusion_policy_dist.diffusion.samplers import sample
 
     class HalfBroken:  # finite sigma, NaN alpha
         def alpha(self, t):
@@ -424,7 +424,7 @@ def test_common_sampler_options_are_checked_with_the_value(options, msg):
 
 
 def test_a_sampler_class_refuses_another_kind():
-    from diffusion_policy_dist.diffusion.sampling import SAMPLERS
+    from diffusion_policy_dist.diffusion.samplers import SAMPLERS
 
     with pytest.raises(
         ValueError,
@@ -563,26 +563,25 @@ def test_data_bandwidth_of_a_large_batch_uses_a_strided_subset():
 @pytest.mark.parametrize(
     "method,opts,msg",
     [
-        ("distributional", {"clip_x0": 0.0}, r"^clip_x0 must be > 0 or None, got 0.0$"),
-        ("distributional", {"churn": 1.5}, r"^churn must be in \[0, 1\], got 1.5$"),
-        ("lambda_ddim", {"lam": float("inf")}, r"^lam must be finite, got inf$"),
-        ("conjugate_vv", {"lam": float("nan")}, r"^lam must be finite, got nan$"),
+        ("distributional", {"clip_x0": 0.0}, r"^sampler\.clip_x0 must be > 0 or null, got 0.0$"),
+        ("distributional", {"churn": 1.5}, r"^sampler\.churn must be in \[0, 1\], got 1.5$"),
+        ("lambda_ddim", {"lam": float("inf")}, r"^sampler\.lam must be finite, got inf$"),
+        ("conjugate_vv", {"lam": float("nan")}, r"^sampler\.lam must be finite, got nan$"),
         ("lambda_ddim", {"quad_points": 5.0}, r"odd integer >= 3 \(Simpson\), got 5.0$"),
         ("lambda_ddim", {"quad_points": 1}, r"odd integer >= 3 \(Simpson\), got 1$"),
+        ("conjugate_se", {"quad_points": True}, r"odd integer >= 3 \(Simpson\), got True$"),
+        ("reduced_vv", {"extrapolate": 1}, r"^sampler\.extrapolate must be a bool, got 1$"),
+        ("conjugate_vv", {"extrapolate": "no"}, r"^sampler\.extrapolate must be a bool, got 'no'$"),
     ],
 )
 def test_phase_space_options_are_refused_with_the_value(method, opts, msg):
-    from diffusion_policy_dist.diffusion.phase_space import check_phase_space_opts
-
     with pytest.raises(ValueError, match=msg):
-        check_phase_space_opts(method, opts)
+        sampler_config(method, **opts)
 
 
 def test_phase_space_options_smallest_simpson_rule_is_accepted():
-    from diffusion_policy_dist.diffusion.phase_space import check_phase_space_opts
-
-    assert check_phase_space_opts("lambda_ddim", {"quad_points": 3})["quad_points"] == 3
-    assert check_phase_space_opts("conjugate_se", {"lam": -0.5})["lam"] == -0.5
+    assert sampler_config("lambda_ddim", quad_points=3).quad_points == 3
+    assert sampler_config("conjugate_se", lam=-0.5).lam == -0.5
 
 
 def test_masks_do_not_change_the_scores_dtype():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from diffusion_policy_dist.cli.compose import compose
-from diffusion_policy_dist.diffusion.phase_space import METHODS, NFE_PER_STEP, PhaseSpace
+from diffusion_policy_dist.diffusion.processes.phase_space import PhaseSpace
+from diffusion_policy_dist.diffusion.samplers import SAMPLERS, samplers_for
 from diffusion_policy_dist.policy import DiffusionPolicy, Window
 
 SHAPE_META = {"obs": {"state": {"shape": [3], "type": "low_dim"}}, "action": {"shape": [2]}}
@@ -38,10 +39,10 @@ def test_phase_space_policy_trains_and_samples_with_every_method(kind):
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in pol.net.parameters())
     obs = {"state": torch.randn(3, 2, 3)}
-    for method in METHODS:
+    for method in samplers_for("phase_space"):
         out = pol.predict_action(obs, sampler={"kind": method, "steps": 3}, return_info=True)
         assert out["action"].shape == (3, 4, 2) and torch.isfinite(out["action"]).all()
-        assert out["nfe"] == 1 + 2 * NFE_PER_STEP[method], method  # the last step costs 1
+        assert out["nfe"] == 1 + 2 * SAMPLERS[method].nfe_per_step, method  # the last step costs 1
 
 
 def test_the_network_is_trained_on_z_t_from_the_phase_space_marginal():
@@ -65,7 +66,7 @@ def test_the_network_is_trained_on_z_t_from_the_phase_space_marginal():
 def test_configurations_that_cannot_work_are_refused():
     with pytest.raises(ValueError, match="does not run phase-space diffusion"):
         compose("train", ["dataset.path=x", "policy=psld_distributional", "sampler=ddim"])
-    with pytest.raises(ValueError, match="needs the phase-space schedule"):
+    with pytest.raises(ValueError, match=r"sampler=reduced_vv does not run vp diffusion \(sch"):
         compose("train", ["dataset.path=x", "sampler=reduced_vv"])
     with pytest.raises(ValueError, match="predicts x0"):
         compose("train", ["dataset.path=x", "policy=psld_mean", "policy.prediction=epsilon"])

@@ -144,4 +144,4 @@ def test_film_noise_injection_and_truncation_prior():
     assert "prior_nll" in info and torch.isfinite(loss)
     out = pol.predict_action({"state": torch.randn(2, 2, 3)}, return_info=True)
     assert out["action"].shape == (2, 4, 2) and out["nfe"] == 1 and out["prior_ms"] > 0
-    assert abs(float(pol.schedule.alpha(torch.tensor(pol.t_prime))) - 0.5) < 1e-4
+    assert abs(float(pol.process.alpha(torch.tensor(pol.t_prime))) - 0.5) < 1e-4

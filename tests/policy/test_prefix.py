@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from diffusion_policy_dist.policy import DiffusionPolicy, Window
 from diffusion_policy_dist.policy.prefix import inpaint, known_from_prefix, random_known

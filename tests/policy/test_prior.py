@@ -33,8 +33,8 @@ def test_prior_training_target_is_alpha_a0_plus_sigma_eps(alpha):
     pol(batch)
     x0 = pol.normalizer.normalize("action", action).flatten(1)
     x = seen["x"]
-    a = float(pol.schedule.alpha(torch.tensor(pol.t_prime)))
-    s = float(pol.schedule.sigma(torch.tensor(pol.t_prime)))
+    a = float(pol.process.alpha(torch.tensor(pol.t_prime)))
+    s = float(pol.process.sigma(torch.tensor(pol.t_prime)))
     assert a == pytest.approx(alpha, abs=1e-4)
     slope = float((x * x0).sum() / (x0 * x0).sum())  # regression of x_t' on a0: alpha
     assert slope == pytest.approx(a, abs=0.03)
