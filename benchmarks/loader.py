@@ -22,7 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def time_loader(dataset, batch: int, workers: int, batches: int, warmup: int = 5) -> dict:
-    from diffusion_policy_dist.training.trainer import EpochBatches, batch_loader
+    from diffusion_policy_dist.training.batches import EpochBatches, batch_loader
 
     loader = batch_loader(dataset, EpochBatches(len(dataset), batch, seed=0), workers, seed=0)
     it = iter(loader)
@@ -91,13 +91,17 @@ def main(argv: list[str]) -> None:
     }
     out = Path(args.out)
     write_json_atomic(out / "loader.json", {"header": header, "rows": rows})
+    write_markdown(out, header, rows, args, buf, len(dataset), load_s)
+
+
+def write_markdown(out: Path, header, rows, args, buf, windows: int, load_s: float) -> None:
     base = rows[0]["samples_per_s"]
     md = [
         "# Image data loading\n",
         f"Command: `{header['command']}`  ",
         f"Commit `{header['git_commit']}`, {header['date']}, {header['machine']}\n",
         f"Dataset: {buf.n_episodes} episodes of {args.task}, {buf.n_steps} steps, "
-        f"{args.size}x{args.size} uint8 camera + state, {len(dataset)} windows of 16 steps with "
+        f"{args.size}x{args.size} uint8 camera + state, {windows} windows of 16 steps with "
         f"2 observation frames; decompressed into memory once in {load_s:.1f} s.\n",
         "| loader workers | batch | windows/s | vs 0 workers |",
         "|---|---|---|---|",

@@ -104,8 +104,9 @@ class ScriptedExpert:
 # ---------------------------------------------------------------------------- obstacle_avoid
 
 
-def _toward(pos: np.ndarray, target: np.ndarray, lead: float) -> np.ndarray:
-    """Action of a feedback expert: a point at most ``lead`` from ``pos`` on the way to ``target``.
+def toward(pos: np.ndarray, target: np.ndarray, lead: float) -> np.ndarray:
+    """Action of a feedback expert: a point at most ``lead`` from ``pos`` on the way to ``target``
+    (any dimension; every scripted expert here steers with it).
 
     The position servo lags behind its target, so ``lead`` sets the travel speed (about
     ``lead`` / 0.2 s for the planar agents); the target itself is returned once within reach.
@@ -151,7 +152,7 @@ class ObstacleAvoidExpert(ScriptedExpert):
             target = np.array([side_x, oy + self.flank])
         else:
             target = env.goal_xy
-        return _toward(agent, target, self.lead)
+        return toward(agent, target, self.lead)
 
 
 # ---------------------------------------------------------------------------- block_push
@@ -215,7 +216,7 @@ class BlockPushExpert(ScriptedExpert):
             target = point(lineup, self.side * self.side_clearance)
         else:
             target = point(-self.front, self.side * self.side_clearance)
-        return _toward(pusher, target, self.lead)
+        return toward(pusher, target, self.lead)
 
 
 # ---------------------------------------------------------------------------- pick_place

@@ -20,6 +20,14 @@ import numpy as np
 
 from .base import INSTABILITY_WARNINGS, SimulationUnstableError
 
+
+def failure_info(reason: str, message: str, trace: str | None = None) -> dict[str, Any]:
+    """The info of an episode that failed for ``reason`` (not a success, no mode, done): one
+    shape for failures inside an env, lost workers and a policy's bad actions alike."""
+    info = {"is_success": False, "mode": -1, "crashed": True, "done": True, "reason": reason}
+    return {**info, "error": message, "traceback": trace}
+
+
 # Why an episode failed without the policy failing it. The runner adds the worker-level ones.
 FAILURE_REASONS = ("reset_error", "step_error", "unstable", "non_finite", "worker_died", "timeout")
 
@@ -60,15 +68,8 @@ class SafeEnv(gym.Wrapper):
         return self._last_obs if self._last_obs is not None else self.observation_space.sample()
 
     def _fail(self, reason: str, message: str, obs: Any = None) -> tuple[Any, dict]:
-        info = {
-            "is_success": False,
-            "mode": -1,
-            "crashed": True,
-            "done": True,
-            "reason": reason,
-            "error": message,
-            "traceback": traceback.format_exc(limit=3) if reason != "non_finite" else None,
-        }
+        trace = traceback.format_exc(limit=3) if reason != "non_finite" else None
+        info = failure_info(reason, message, trace)
         self._final = (self._placeholder_obs() if obs is None else obs, info)
         return self._final
 

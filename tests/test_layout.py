@@ -86,15 +86,55 @@ def long_functions(path: Path, limit: int) -> list[str]:
 
 
 def test_functions_stay_short():
-    too_long = [f for src in SOURCES for p in modules(src) for f in long_functions(p, 80)]
+    too_long = [f for src in SOURCES for p in modules(src) for f in long_functions(p, 60)]
     assert not too_long, too_long
-    in_eval = [
-        f
-        for d in ("evaluation", "control")
-        for p in modules(PKG / d)
-        for f in long_functions(p, 60)
-    ]
-    assert not in_eval, in_eval
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_no_import_cycle_in_diffusion():
+    """Every import, at load time or inside a function, follows one acyclic order."""
+    paths = modules(PKG / "diffusion")
+    names = {module_name(p): p for p in paths}
+    graph = {
+        m: {n for n in names if n != m and any(i == n or i.startswith(n + ".")
+                                                for i in imported_names(p))}
+        for m, p in names.items()
+    }  # fmt: skip
+    graph = {m: {n for n in deps if not m.startswith(n + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        if state.get(m) == 1:
+            raise AssertionError("import cycle: " + " -> ".join([*path, m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for n in sorted(graph[m]):
+            visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_nothing_outside_diffusion_asks_which_process_it_has():
+    """Processes are used through their interface: no isinstance on a process class, and no
+    branching on a process family, outside diffusion/."""
+    bad = []
+    for src in SOURCES:
+        for path in modules(src):
+            if (PKG / "diffusion") in path.parents:
+                continue
+            text = path.read_text()
+            for needle in ("isinstance", ".family ==", ".family !=", ".family in"):
+                for line in text.splitlines():
+                    if needle in line and ("PhaseSpace" in line or "VPProcess" in line
+                                           or ".family" in line):  # fmt: skip
+                        bad.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not bad, bad
 
 
 def test_no_test_functions_in_library_modules():

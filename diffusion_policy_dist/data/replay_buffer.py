@@ -352,20 +352,9 @@ class ReplayBuffer:
         return bad
 
     # ------------------------------------------------------------------ writing
-    def add_episode(
-        self,
-        episode: Mapping[str, np.ndarray],
-        info: Mapping[str, Any] | None = None,
-        chunks: Mapping[str, tuple[int, ...]] | None = None,
-    ) -> int:
-        """Append one episode ``{key: [T, *shape]}`` (all keys, equal T) and return its index.
-
-        ``info`` is a JSON-able record kept in ``attrs["episode_info"]`` (e.g. seed, mode).
-        The episode becomes visible only once fully written.
-        """
-        if not self.writable:
-            raise PermissionError(f"{self.path} is open read-only; open it with writable=True")
-        episode = {k: np.asarray(v) for k, v in episode.items()}
+    def _check_episode(self, episode: Mapping[str, np.ndarray]) -> int:
+        """The episode's length T, after checking its keys, lengths, shapes and values against
+        the stored arrays (arrays a killed first append left behind are dropped)."""
         if not episode:
             raise ValueError("add_episode: empty episode dict")
         lengths = {k: v.shape[0] if v.ndim else None for k, v in episode.items()}
@@ -389,13 +378,28 @@ class ReplayBuffer:
             if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
                 bad = int(np.argwhere(~np.isfinite(v.reshape(T, -1)).all(1))[0][0])
                 raise ValueError(f"add_episode: {k!r} has NaN/inf (first at step {bad} of {T})")
-            if k in existing:
-                want = self.shape(k)
-                if tuple(v.shape[1:]) != want:
-                    raise ValueError(
-                        f"add_episode: {k!r} has per-step shape {tuple(v.shape[1:])}, "
-                        f"{self.path} stores {want}"
-                    )
+            if k in existing and tuple(v.shape[1:]) != self.shape(k):
+                raise ValueError(
+                    f"add_episode: {k!r} has per-step shape {tuple(v.shape[1:])}, "
+                    f"{self.path} stores {self.shape(k)}"
+                )
+        return T
+
+    def add_episode(
+        self,
+        episode: Mapping[str, np.ndarray],
+        info: Mapping[str, Any] | None = None,
+        chunks: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> int:
+        """Append one episode ``{key: [T, *shape]}`` (all keys, equal T) and return its index.
+
+        ``info`` is a JSON-able record kept in ``attrs["episode_info"]`` (e.g. seed, mode).
+        The episode becomes visible only once fully written.
+        """
+        if not self.writable:
+            raise PermissionError(f"{self.path} is open read-only; open it with writable=True")
+        episode = {k: np.asarray(v) for k, v in episode.items()}
+        T = self._check_episode(episode)
         data = self.root["data"]
         for k, v in episode.items():
             if k not in data:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..envs.safe import failure_info
 from ..envs.workers import EnvSource, LocalWorker, ProcessWorker, WorkerLost
 
 # the first answer includes spawning a process and importing MuJoCo/gymnasium
@@ -18,16 +19,9 @@ START_TIMEOUT_S = 120.0
 
 
 def lost_info(err: WorkerLost) -> dict[str, Any]:
-    """The info of an episode whose worker was lost (what :class:`SafeEnv` reports for a
-    failure inside the env)."""
-    return {
-        "is_success": False,
-        "mode": -1,
-        "crashed": True,
-        "done": True,
-        "reason": err.reason,
-        "error": str(err),
-    }
+    """The info of an episode whose worker was lost (as :class:`SafeEnv` reports a failure
+    inside the env)."""
+    return failure_info(err.reason, str(err))
 
 
 class EnvPool:

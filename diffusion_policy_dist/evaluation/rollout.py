@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..control.transitions import boundary_jerk, interior_jerk
+from ..envs.safe import failure_info
 from ..policy.queues import ActionQueue, ObsHistory, camera_chw, select_obs
 from .pool import EnvPool
 
@@ -149,7 +150,7 @@ class Rollout:
         bad = [i for i, a in actions.items() if not np.isfinite(a).all()]
         for i in bad:  # never send NaN to an env: the policy failed this episode
             del actions[i]
-            self._finish(i, _failure("non_finite", "the policy produced a non-finite action"))
+            self._finish(i, failure_info("non_finite", "the policy produced a non-finite action"))
         for i, (obs, rew, _, _, info) in self.pool.step(actions).items():
             slot = self.slots[i]
             slot.ret += float(rew)
@@ -202,10 +203,6 @@ def _smoothness(slot: _Slot) -> dict[str, Any]:
         "chunks": len(slot.boundaries),
         "stale_steps": slot.stale,
     }
-
-
-def _failure(reason: str, message: str) -> dict[str, Any]:
-    return {"crashed": True, "done": True, "reason": reason, "error": message, "mode": -1}
 
 
 def _timed_predict(policy, obs, sampler, generator, times_ms: list[float], **kw) -> dict[str, Any]:

@@ -131,12 +131,16 @@ class ConditionalUnet1D(nn.Module):
             nn.Mish(),
             nn.Linear(4 * time_embed_dim, time_embed_dim),
         )
-        c = time_embed_dim + cond_dim
+        self._build(in_channels, out_channels, time_embed_dim + cond_dim, kernel_size, n_groups)
+
+    def _build(self, c_in: int, c_out: int, c: int, kernel_size: int, n_groups: int) -> None:
+        """The encoder, middle, decoder (late levels' FiLM also sees the noise) and head."""
+        down_dims, noise_dim = self.down_dims, self.noise_dim
 
         def block(a: int, b: int, extra: int = 0) -> FiLMResBlock1d:
             return FiLMResBlock1d(a, b, c + extra, kernel_size, n_groups)
 
-        widths = [in_channels, *down_dims]
+        widths = [c_in, *down_dims]
         self.down = nn.ModuleList()
         for i, (a, b) in enumerate(itertools.pairwise(widths)):
             last = i == len(down_dims) - 1
@@ -154,18 +158,12 @@ class ConditionalUnet1D(nn.Module):
         # every decoder level upsamples once, undoing the len(down_dims)-1 downsamples
         for i, (a, b) in enumerate(reversed(list(itertools.pairwise(widths[1:])))):
             extra = noise_dim if i >= self.first_late else 0
-            self.up.append(
-                nn.ModuleList(
-                    [
-                        block(2 * b, a, extra),
-                        block(a, a, extra),
-                        nn.ConvTranspose1d(a, a, 4, stride=2, padding=1),
-                    ]
-                )
-            )
+            blocks = [block(2 * b, a, extra), block(a, a, extra)]  # (init order kept)
+            up = nn.ConvTranspose1d(a, a, 4, stride=2, padding=1)
+            self.up.append(nn.ModuleList([*blocks, up]))
         self.head = nn.Sequential(
             Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
-            nn.Conv1d(down_dims[0], out_channels, 1),
+            nn.Conv1d(down_dims[0], c_out, 1),
         )
 
     def _condition(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:

@@ -20,13 +20,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.ema import EMA
-from ..policy.config import build_config, policy_config, to_dict
+from ..policy.config import build_config
+from .batches import EpochBatches, batch_loader
+from .budget import WallClockBudget
 from .checkpoint import (
     CheckpointError,
     capture_rng,
@@ -37,62 +38,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .cost import autocast, train_step_flops
-
-
-class EpochBatches:
-    """Batch ``i`` of epoch ``e`` is a pure function of (seed, e, i): a resumable data order."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.seed = n, seed
-        self.batch_size = min(batch_size, n)
-        self.per_epoch = max(1, n // self.batch_size)
-
-    def indices(self, epoch: int, i: int) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return perm[i * self.batch_size : (i + 1) * self.batch_size]
-
-
-class _BatchStream(torch.utils.data.IterableDataset):
-    """Yields batches from (epoch, i) onwards; batch fetching runs in DataLoader workers."""
-
-    def __init__(self, dataset, order: EpochBatches, epoch: int, i: int) -> None:
-        self.dataset, self.order, self.epoch, self.i = dataset, order, epoch, i
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        e, i = self.epoch, self.i
-        k = 0
-        while True:
-            if k % nw == wid:
-                yield self.dataset[self.order.indices(e, i)]
-            k += 1
-            i += 1
-            if i == self.order.per_epoch:
-                e, i = e + 1, 0
-
-
-def batch_loader(
-    dataset,
-    order: EpochBatches,
-    num_workers: int,
-    seed: int,
-    pin_memory: bool = False,
-    start: tuple[int, int] = (0, 0),
-) -> torch.utils.data.DataLoader:
-    """An endless loader of whole batches in ``order`` from (epoch, batch) ``start`` on; with
-    ``num_workers`` > 0 the batches are gathered in worker processes, 4 ahead per worker."""
-    return torch.utils.data.DataLoader(
-        _BatchStream(dataset, order, *start),
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-        # its own generator: creating the iterator must not draw from the global RNG,
-        # or a resumed run's noise stream would be shifted by one draw
-        generator=torch.Generator().manual_seed(seed),
-    )
+from .resume import SETTINGS, check_same_run, check_same_settings, new_total
 
 
 def _lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
@@ -153,8 +99,8 @@ class Trainer:
         self.elapsed_s = 0.0
         self.stop_signal: int | None = None
         self._tb = None
-        self._budget_marks: set[int] = set()
-        self._budget_ref = (0, 0.0)  # (step, elapsed_s) at the last budget estimate
+        budget_s = self.cfg.time_budget_s
+        self.budget = WallClockBudget(budget_s) if budget_s is not None else None
         self.flops_per_step: int | None = None  # counted on the first batch of fit()
 
     def _warmup(self) -> int:
@@ -222,11 +168,11 @@ class Trainer:
                 raise
             return False
         ckpt = load_checkpoint(path)
-        self._check_same_run(path, ckpt.meta)
+        check_same_run(path, self.meta, ckpt.meta)
         ts = ckpt.training_state()
         if ts is None:
             raise CheckpointError(f"cannot resume from {path}: it has no training_state/")
-        self._check_same_settings(path, ts.get("train_config"))
+        check_same_settings(path, ts.get("train_config"), self._settings())
         self.policy.load_state_dict(ckpt.model_state)
         if self.ema is not None and ckpt.ema_state is not None:
             self.ema.load_state_dict(ckpt.ema_state, ts.get("ema_step") or 0)
@@ -237,56 +183,16 @@ class Trainer:
         self.batch_in_epoch = int(ts["batch_in_epoch"])
         self.elapsed_s = float(ts.get("elapsed_s", 0.0))
         restore_rng(*ts["rng"])
-        self._apply_new_total(path)
+        budgeted = self.cfg.time_budget_s is not None
+        self.total_steps = new_total(path, self.cfg.steps, self.total_steps, self.step, budgeted)
         print(f"resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
         return True
 
-    def _check_same_run(self, path: Path, meta: Mapping[str, Any]) -> None:
-        for key in ("shape_meta", "window", "policy"):
-            if key in self.meta and key in meta and not _same(key, self.meta[key], meta[key]):
-                raise CheckpointError(
-                    f"cannot resume from {path}: its {key} differs from this run's.\n"
-                    f"  checkpoint: {meta[key]}\n  this run:   {self.meta[key]}\n"
-                    "Use a new output_dir, or training.resume=never to start over."
-                )
-
-    def _check_same_settings(self, path: Path, saved: Mapping[str, Any] | None) -> None:
-        """Settings a resumed run cannot honour (they shaped the optimizer state and the data
-        order) must not have changed; ``steps`` may grow (see :meth:`_apply_new_total`)."""
-        if saved is None:  # written before settings were recorded
-            return
-        now = self._settings()
-        changed = {
-            k: (saved.get(k), v) for k, v in now.items() if _canon(saved.get(k)) != _canon(v)
-        }
-        if changed:
-            lines = "\n".join(
-                f"  training.{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in changed.items()
-            )
-            raise CheckpointError(
-                f"cannot resume from {path} with changed settings:\n{lines}\n"
-                "Put them back, use a new output_dir, or training.resume=never to start over."
-            )
-
     def _settings(self) -> dict[str, Any]:
         c = self.cfg
-        keys = ("lr", "weight_decay", "betas", "lr_schedule", "grad_clip", "ema", "ema_power")
-        out = {k: getattr(c, k) for k in keys}
+        out = {k: getattr(c, k) for k in SETTINGS}
         out.update(batch_size=self.order.batch_size, warmup_steps=self._warmup(), seed=self.seed)
         return out
-
-    def _apply_new_total(self, path: Path) -> None:
-        """A re-run with a larger ``training.steps`` continues to the new total (the cosine LR
-        schedule is stretched from here on); a smaller one ends at once."""
-        if self.cfg.time_budget_s is not None or self.cfg.steps == self.total_steps:
-            return
-        new = max(self.cfg.steps, self.step)
-        print(
-            f"{path} was trained to {self.total_steps} steps; training.steps={self.cfg.steps}: "
-            f"{'continuing to' if new > self.step else 'stopping at'} step {new}",
-            file=sys.stderr,
-        )
-        self.total_steps = new
 
     # ------------------------------------------------------------------ logging
     @property
@@ -409,12 +315,8 @@ class Trainer:
     def _after_step(self, info: dict[str, float], bar) -> dict[str, float]:
         """Budget, logging, validation and periodic checkpoints; returns the latest values."""
         cfg, last = self.cfg, dict(info)
-        if cfg.time_budget_s is not None and (
-            self.step == min(10, self.total_steps)
-            or self.step in self._budget_marks
-            or self.elapsed_s >= cfg.time_budget_s
-        ):
-            self._fit_budget()
+        if self.budget is not None and self.budget.due(self.step, self.total_steps, self.elapsed_s):
+            self.total_steps = self.budget.total_steps(self.step, self.elapsed_s)
             bar.total = self.total_steps
         if self.step % cfg.log_every == 0 or self.step == self.total_steps:
             self._log_train(info)
@@ -484,26 +386,6 @@ class Trainer:
             **last,
         }
 
-    def _fit_budget(self) -> None:
-        """With a wall-clock budget, set the step count from the measured speed so the LR
-        schedule still ends at zero. Re-estimated from the speed since the last estimate at
-        25/50/75/90/95% of the run (so a machine that slows down mid-run still lands on the
-        budget), and the run ends outright once the budget is spent. The count is saved in
-        checkpoints, so a resumed run keeps it."""
-        ref_step, ref_s = self._budget_ref
-        if self.step > ref_step:
-            per_step = (self.elapsed_s - ref_s) / (self.step - ref_step)
-        else:
-            per_step = self.elapsed_s / max(self.step, 1)
-        left = self.cfg.time_budget_s - self.elapsed_s
-        self.total_steps = self.step + max(0, int(left / max(per_step, 1e-9)))
-        self._budget_ref = (self.step, self.elapsed_s)
-        self._budget_marks = {
-            m
-            for m in (int(self.total_steps * f) for f in (0.25, 0.5, 0.75, 0.9, 0.95))
-            if m > self.step
-        }
-
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of training so far: the CUDA allocator's peak on a GPU, else the process's
@@ -513,19 +395,3 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _same(key: str, ours: Any, theirs: Any) -> bool:
-    """Whether a checkpoint's ``key`` matches this run's. A policy is compared with the fields
-    a later version added filled with their defaults, and without its default sampler (an
-    inference choice that ``dpd tune`` may have changed)."""
-    if key == "policy":
-        ours, theirs = (
-            {k: v for k, v in to_dict(policy_config(p)).items() if k != "sampler"}
-            for p in (ours, theirs)
-        )
-    return _canon(ours) == _canon(theirs)
-
-
-def _canon(x: Any) -> str:
-    return json.dumps(x, sort_keys=True, default=str)

@@ -35,32 +35,22 @@ import numpy as np
 from gymnasium import spaces
 
 from ..base import TaskSpec
-from ..experts import ScriptedExpert
+from ..experts import ScriptedExpert, toward
 
-NAME = "fetch_push"
-ENV_ID = "FetchPush-v4"
 ENV_KWARGS: dict[str, Any] = {}
-MODE_NAMES = ("left", "right")
-MODE_PROBS = (0.5, 0.5)
-MAX_EPISODE_STEPS = 100
-CONTROL_HZ = 25.0  # 1 / (0.002 s timestep x 20 substeps)
-ACTION_DIM = 4
-OBS_MODES = ("state",)
-DESCRIPTION = (
-    "Fetch arm pushes a cube to a goal on the table; the gripper goes around the cube on its "
-    "left or right to get behind it. Either detour works; their average hits the cube."
-)
-
 TASK = TaskSpec(
-    name=NAME,
-    env_id=ENV_ID,
-    mode_names=MODE_NAMES,
-    mode_probs=MODE_PROBS,
-    max_episode_steps=MAX_EPISODE_STEPS,
-    control_hz=CONTROL_HZ,
-    action_dim=ACTION_DIM,
-    description=DESCRIPTION,
-    obs_types=OBS_MODES,
+    name="fetch_push",
+    env_id="FetchPush-v4",
+    mode_names=("left", "right"),
+    mode_probs=(0.5, 0.5),
+    max_episode_steps=100,
+    control_hz=25.0,  # 1 / (0.002 s timestep x 20 substeps)
+    action_dim=4,
+    description=(
+        "Fetch arm pushes a cube to a goal on the table; the gripper goes around the cube on its "
+        "left or right to get behind it. Either detour works; their average hits the cube."
+    ),
+    obs_types=("state",),
 )
 
 MIN_PUSH_DISTANCE = 0.1  # metres between cube and goal at reset (success threshold: 0.05)
@@ -217,7 +207,7 @@ class FetchPushWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         tries = 1
         while not start_is_valid(obs):
             if tries >= MAX_RESET_TRIES:
-                raise RuntimeError(f"{NAME}: no valid initial state in {tries} draws")
+                raise RuntimeError(f"{TASK.name}: no valid initial state in {tries} draws")
             obs, info = self.env.reset(options=options)
             tries += 1
         # Reset infos carry no success flag; ask the env's own test (False after the checks).
@@ -247,30 +237,25 @@ class FetchPushWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 def make_env(
     obs_mode: str = "state", render_mode: str | None = None, image_size: int = 96
 ) -> gym.Env:
-    """``FetchPush-v4`` with a ``MAX_EPISODE_STEPS`` time limit inside :class:`FetchPushWrapper`.
+    """``FetchPush-v4`` with the task's time limit inside :class:`FetchPushWrapper`.
 
     ``image_size`` only sets the size of ``render()`` frames (rgb_array); observations are state.
     """
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"{NAME}: obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    if obs_mode not in TASK.obs_types:
+        raise ValueError(f"{TASK.name}: obs_mode must be one of {TASK.obs_types}, got {obs_mode!r}")
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     kwargs: dict[str, Any] = dict(ENV_KWARGS)
     if render_mode is not None:
         kwargs.update(width=int(image_size), height=int(image_size))
-    env = gym.make(ENV_ID, **kwargs, max_episode_steps=MAX_EPISODE_STEPS, render_mode=render_mode)
+    env = gym.make(
+        TASK.env_id, **kwargs, max_episode_steps=TASK.max_episode_steps, render_mode=render_mode
+    )
     return FetchPushWrapper(env)
 
 
 # ---------------------------------------------------------------------------- expert
-
-
-def _toward(pos: np.ndarray, target: np.ndarray, lead: float) -> np.ndarray:
-    """A point at most ``lead`` from ``pos`` on the straight way to ``target`` (shape [2])."""
-    delta = target - pos
-    dist = float(np.linalg.norm(delta))
-    return target.copy() if dist <= lead else pos + delta * (lead / dist)
 
 
 class FetchPushExpert(ScriptedExpert):
@@ -332,7 +317,7 @@ class FetchPushExpert(ScriptedExpert):
             level = fwd > -contact
             side_target = lat * float(np.clip(2.0 * w - 1.0, 0.0, 1.0)) if level else 0.0
             target = point((1.0 - w) * push - w * lineup, side_target)
-            return _toward(grip, target, self.lead)
+            return toward(grip, target, self.lead)
         # In front of or beside the cube: round it on the circle, in the mode's direction while
         # in front, then the short way to its back (after a slip too).
         direction = self.side if fwd > 0.0 else math.copysign(1.0, lat)
@@ -340,7 +325,7 @@ class FetchPushExpert(ScriptedExpert):
         angle = min(angle, math.pi) if direction > 0 else max(angle, -math.pi)
         r = self.detour_radius
         target = point(r * math.cos(angle), r * math.sin(angle))
-        return _toward(grip, target, self.lead)
+        return toward(grip, target, self.lead)
 
     def _act(self, env: Any) -> np.ndarray:
         state = FetchState(env)

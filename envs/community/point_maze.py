@@ -57,34 +57,24 @@ GAP_CELLS: tuple[Cell, ...] = ((2, 1), (2, 5))
 START_COLUMNS = (2, 3, 4)  # the other end sits at column 6 - c: both routes are 6 moves long
 END_ROWS = (1, 3)
 
-NAME = "point_maze"
-ENV_ID = "PointMaze_UMaze-v3"  # its entry point and defaults; the map comes from ENV_KWARGS
 ENV_KWARGS: dict[str, Any] = {
     "maze_map": MAZE_MAP,
     "continuing_task": False,
     "reset_target": False,
 }
-MODE_NAMES = ("left", "right")
-MODE_PROBS = (0.5, 0.5)
-MAX_EPISODE_STEPS = 300
-CONTROL_HZ = 100.0  # 1 / (0.01 s timestep x frame_skip 1)
-ACTION_DIM = 2
-OBS_MODES = ("state",)
-DESCRIPTION = (
-    "Force-actuated ball crosses a maze whose middle wall has a gap at each end; the routes "
-    "through the left and the right gap are equally short, their average hits the wall."
-)
-
 TASK = TaskSpec(
-    name=NAME,
-    env_id=ENV_ID,
-    mode_names=MODE_NAMES,
-    mode_probs=MODE_PROBS,
-    max_episode_steps=MAX_EPISODE_STEPS,
-    control_hz=CONTROL_HZ,
-    action_dim=ACTION_DIM,
-    description=DESCRIPTION,
-    obs_types=OBS_MODES,
+    name="point_maze",
+    env_id="PointMaze_UMaze-v3",  # its entry point and defaults; the map comes from ENV_KWARGS
+    mode_names=("left", "right"),
+    mode_probs=(0.5, 0.5),
+    max_episode_steps=300,
+    control_hz=100.0,  # 1 / (0.01 s timestep x frame_skip 1)
+    action_dim=2,
+    description=(
+        "Force-actuated ball crosses a maze whose middle wall has a gap at each end; the routes "
+        "through the left and the right gap are equally short, their average hits the wall."
+    ),
+    obs_types=("state",),
 )
 
 _SEED_SALT = 0x6D617A65  # keeps the cell draw independent of the env's own noise stream
@@ -256,17 +246,19 @@ class PointMazeWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 def make_env(
     obs_mode: str = "state", render_mode: str | None = None, image_size: int = 96
 ) -> gym.Env:
-    """Our maze on the ``PointMaze_UMaze-v3`` entry point, with a ``MAX_EPISODE_STEPS`` time
+    """Our maze on the ``PointMaze_UMaze-v3`` entry point, with the task's step limit as time
     limit, inside :class:`PointMazeWrapper`. ``image_size`` only sizes ``render()`` frames."""
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"{NAME}: obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    if obs_mode not in TASK.obs_types:
+        raise ValueError(f"{TASK.name}: obs_mode must be one of {TASK.obs_types}, got {obs_mode!r}")
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     kwargs: dict[str, Any] = dict(ENV_KWARGS)
     if render_mode is not None:
         kwargs.update(width=int(image_size), height=int(image_size))
-    env = gym.make(ENV_ID, **kwargs, max_episode_steps=MAX_EPISODE_STEPS, render_mode=render_mode)
+    env = gym.make(
+        TASK.env_id, **kwargs, max_episode_steps=TASK.max_episode_steps, render_mode=render_mode
+    )
     return PointMazeWrapper(env)
 
 
@@ -327,7 +319,9 @@ class PointMazeExpert(ScriptedExpert):
         routes = shortest_routes(grid, xy_to_cell(ball, grid), xy_to_cell(goal, grid))
         family = [r for r in routes if route_mode(r) == self.mode]
         if not family:
-            raise ValueError(f"{NAME}: no shortest route through the {MODE_NAMES[self.mode]} gap")
+            raise ValueError(
+                f"{TASK.name}: no shortest route through the {TASK.mode_names[self.mode]} gap"
+            )
         self.route = family[int(self.rng.integers(len(family)))]
         inner = [cell_to_xy(c, grid) for c in self.route[1:-1]]
         self.path = Polyline(np.array([ball, *inner, goal]))

@@ -44,36 +44,26 @@ import numpy as np
 from gymnasium import spaces
 
 from ..base import TaskSpec
-from ..experts import ScriptedExpert
+from ..experts import ScriptedExpert, toward
 
 # pygame prints a banner on import; gym-pusht imports it.
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
 
-NAME = "pusht"
-ENV_ID = "gym_pusht/PushT-v0"
-MODE_NAMES = ("cw", "ccw")
-MODE_PROBS = (0.5, 0.5)
-MAX_EPISODE_STEPS = 300
-CONTROL_HZ = 10.0
-ACTION_DIM = 2
-OBS_MODES = ("state", "keypoints", "image")
-DESCRIPTION = (
-    "A disc pushes a T-shaped block into a goal pose (gym-pusht); the expert turns the T "
-    "clockwise or counter-clockwise, either of which works, while their average does not."
-)
-
 TASK = TaskSpec(
-    name=NAME,
-    env_id=ENV_ID,
-    mode_names=MODE_NAMES,
-    mode_probs=MODE_PROBS,
-    max_episode_steps=MAX_EPISODE_STEPS,
-    control_hz=CONTROL_HZ,
-    action_dim=ACTION_DIM,
-    description=DESCRIPTION,
-    obs_types=OBS_MODES,
+    name="pusht",
+    env_id="gym_pusht/PushT-v0",
+    mode_names=("cw", "ccw"),
+    mode_probs=(0.5, 0.5),
+    max_episode_steps=300,
+    control_hz=10.0,
+    action_dim=2,
+    description=(
+        "A disc pushes a T-shaped block into a goal pose (gym-pusht); the expert turns the T "
+        "clockwise or counter-clockwise, either of which works, while their average does not."
+    ),
+    obs_types=("state", "keypoints", "image"),
 )
 
 # ---------------------------------------------------------------------------- gym-pusht geometry
@@ -173,7 +163,7 @@ class TurnDirectionClassifier:
 
 
 def observation_space(obs_mode: str, image_size: int) -> spaces.Dict:
-    """The wrapper's observation space for ``obs_mode`` (one of :data:`OBS_MODES`)."""
+    """The wrapper's observation space for ``obs_mode`` (one of ``TASK.obs_types``)."""
     lo, hi = -AGENT_MARGIN, WORKSPACE + AGENT_MARGIN
     if obs_mode == "state":
         low = np.array([lo, lo, 0.0, 0.0, 0.0], np.float32)
@@ -275,19 +265,21 @@ class PushTWrapper(gym.Wrapper):
 def make_env(
     obs_mode: str = "state", render_mode: str | None = None, image_size: int = 96
 ) -> gym.Env:
-    """gym-pusht with a ``MAX_EPISODE_STEPS`` time limit inside :class:`PushTWrapper`.
+    """gym-pusht with the task's time limit (300 steps) inside :class:`PushTWrapper`.
 
     ``image_size`` (S) sets the image observation and the ``render()`` frames, S x S pixels.
     """
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"{NAME}: obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    if obs_mode not in TASK.obs_types:
+        raise ValueError(f"{TASK.name}: obs_mode must be one of {TASK.obs_types}, got {obs_mode!r}")
     if render_mode not in (None, "rgb_array"):
-        raise ValueError(f"{NAME}: render_mode must be None or 'rgb_array', got {render_mode!r}")
+        raise ValueError(
+            f"{TASK.name}: render_mode must be None or 'rgb_array', got {render_mode!r}"
+        )
     if int(image_size) < 16:
-        raise ValueError(f"{NAME}: image_size must be >= 16, got {image_size}")
+        raise ValueError(f"{TASK.name}: image_size must be >= 16, got {image_size}")
     size = int(image_size)
     env = gym.make(
-        ENV_ID,
+        TASK.env_id,
         obs_type="pixels_agent_pos" if obs_mode == "image" else "state",
         # gym-pusht renders pixel observations only in rgb_array mode; rendering costs nothing
         # until asked for.
@@ -296,7 +288,7 @@ def make_env(
         observation_height=size,
         visualization_width=size,
         visualization_height=size,
-        max_episode_steps=MAX_EPISODE_STEPS,
+        max_episode_steps=TASK.max_episode_steps,
         # our wrapper changes the spaces; the inner env's float64 spaces would only warn
         disable_env_checker=True,
     )
@@ -374,7 +366,7 @@ def _check_geometry(env: Any) -> None:
         or abs(env.block.mass - T_MASS) > 1e-9
     ):
         raise RuntimeError(
-            f"{NAME}: gym-pusht's geometry changed (agent radius {radius}, cog {cog}, "
+            f"{TASK.name}: gym-pusht's geometry changed (agent radius {radius}, cog {cog}, "
             f"moment {env.block.moment}); the expert's model expects gym-pusht 0.1.8"
         )
 
@@ -412,13 +404,6 @@ def _arc_feasible(cx: np.ndarray, cy: np.ndarray, angle: np.ndarray) -> np.ndarr
     ok = np.cumprod(ok, axis=1).astype(bool)
     ok[:, 0] = True  # not pushing is always possible
     return ok
-
-
-def _toward(pos: np.ndarray, target: np.ndarray, lead: float) -> np.ndarray:
-    """A point at most ``lead`` from ``pos`` on the straight way to ``target`` (shape [2])."""
-    delta = target - pos
-    dist = float(np.linalg.norm(delta))
-    return target.copy() if dist <= lead else pos + delta * (lead / dist)
 
 
 # ---------------------------------------------------------------------------- expert
@@ -554,7 +539,7 @@ class PushTExpert(ScriptedExpert):
         staging = approach + NORMALS[i] * APPROACH
         for point in (approach, staging):
             if self._clear(agent, point):
-                return _toward(agent, point, self.lead)
+                return toward(agent, point, self.lead)
         # Round the T on a circle about its cog, towards the staging point's bearing; the
         # direction is kept until the bearings nearly line up, so that it cannot dither.
         rel, rel_staging = agent - T_COG, staging - T_COG
@@ -564,7 +549,7 @@ class PushTExpert(ScriptedExpert):
             self._orbit = 1.0 if delta > 0 else -1.0
         ahead = here + self._orbit * min(math.radians(35.0), abs(delta) + math.radians(10.0))
         carrot = T_COG + self.orbit_radius * np.array([math.cos(ahead), math.sin(ahead)])
-        return _toward(agent, carrot, self.lead)
+        return toward(agent, carrot, self.lead)
 
     def _push_target(self, origin: np.ndarray, angle: float, i: int, length: float) -> np.ndarray:
         """Agent position (world) touching contact ``i`` after pushing it ``length`` px."""

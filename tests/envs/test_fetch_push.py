@@ -30,7 +30,7 @@ def run_expert(env: gym.Env, seed: int, mode: int) -> tuple[dict, np.ndarray, bo
     expert = fp.FetchPushExpert(seed=0)
     assert expert.reset(env, mode=mode) == mode
     actions = []
-    for _ in range(fp.MAX_EPISODE_STEPS):
+    for _ in range(fp.TASK.max_episode_steps):
         actions.append(expert.act(env))
         _, _, terminated, truncated, info = env.step(actions[-1])
         if terminated or truncated:
@@ -40,13 +40,15 @@ def run_expert(env: gym.Env, seed: int, mode: int) -> tuple[dict, np.ndarray, bo
 
 def test_constants_match_the_env(env: gym.Env) -> None:
     base = env.unwrapped
-    assert fp.ENV_ID == env.spec.id == "FetchPush-v4"
-    assert fp.CONTROL_HZ == pytest.approx(1.0 / (base.model.opt.timestep * base.n_substeps))
-    assert fp.ACTION_DIM == env.action_space.shape[0] == 4
-    assert env.spec.max_episode_steps == fp.MAX_EPISODE_STEPS
+    assert fp.TASK.env_id == env.spec.id == "FetchPush-v4"
+    assert fp.TASK.control_hz == pytest.approx(1.0 / (base.model.opt.timestep * base.n_substeps))
+    assert fp.TASK.action_dim == env.action_space.shape[0] == 4
+    assert env.spec.max_episode_steps == fp.TASK.max_episode_steps
     assert json.loads(json.dumps(fp.ENV_KWARGS)) == fp.ENV_KWARGS
-    assert len(fp.MODE_NAMES) == len(fp.MODE_PROBS) == 2 and sum(fp.MODE_PROBS) == 1.0
-    assert fp.TASK.name == fp.NAME and fp.OBS_MODES == ("state",)
+    assert (
+        len(fp.TASK.mode_names) == len(fp.TASK.mode_probs) == 2 and sum(fp.TASK.mode_probs) == 1.0
+    )
+    assert fp.TASK.name == "fetch_push" and fp.TASK.obs_types == ("state",)
     with pytest.raises(ValueError):
         fp.make_env(obs_mode="image")
 
@@ -85,7 +87,7 @@ def test_reset_seed_determines_the_initial_state(env: gym.Env) -> None:
 def test_expert_succeeds_in_each_mode_and_is_classified(env: gym.Env, mode: int) -> None:
     for seed in SEEDS:
         info, actions, terminated, steps = run_expert(env, seed, mode)
-        assert info["is_success"] and terminated and steps < fp.MAX_EPISODE_STEPS
+        assert info["is_success"] and terminated and steps < fp.TASK.max_episode_steps
         assert info["mode"] == mode, f"seed {seed}: classified {info['mode']}, forced {mode}"
         assert actions.dtype == np.float32 and actions.shape[1] == 4
         assert np.all(np.abs(actions) <= 1.0)
@@ -100,7 +102,7 @@ def test_averaging_the_two_modes_fails(env: gym.Env) -> None:
         experts = [fp.FetchPushExpert(), fp.FetchPushExpert()]
         for mode, expert in enumerate(experts):
             expert.reset(env, mode=mode)
-        for _ in range(fp.MAX_EPISODE_STEPS):
+        for _ in range(fp.TASK.max_episode_steps):
             action = np.mean([e.act(env) for e in experts], axis=0).astype(np.float32)
             _, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:

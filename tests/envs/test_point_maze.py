@@ -75,13 +75,13 @@ def test_cell_conversions_match_the_env(env: gym.Env) -> None:
 
 def test_constants_match_the_env(env: gym.Env) -> None:
     base = env.unwrapped
-    assert env.spec.id == pm.ENV_ID and env.spec.max_episode_steps == pm.MAX_EPISODE_STEPS
+    assert env.spec.id == pm.TASK.env_id and env.spec.max_episode_steps == pm.TASK.max_episode_steps
     frame_skip = base.point_env.frame_skip
-    assert pm.CONTROL_HZ == pytest.approx(1.0 / (base.model.opt.timestep * frame_skip))
-    assert pm.ACTION_DIM == env.action_space.shape[0] == 2
+    assert pm.TASK.control_hz == pytest.approx(1.0 / (base.model.opt.timestep * frame_skip))
+    assert pm.TASK.action_dim == env.action_space.shape[0] == 2
     assert json.loads(json.dumps(pm.ENV_KWARGS)) == pm.ENV_KWARGS
     assert base.maze.maze_map == pm.MAZE_MAP and base.continuing_task is False
-    assert pm.TASK.name == pm.NAME and sum(pm.MODE_PROBS) == 1.0
+    assert pm.TASK.name == "point_maze" and sum(pm.TASK.mode_probs) == 1.0
     with pytest.raises(ValueError):
         pm.make_env(obs_mode="image")
 
@@ -116,7 +116,7 @@ def test_reset_seed_determines_the_initial_state(env: gym.Env) -> None:
 # --------------------------------------------------------------------------- expert
 
 
-def run(env: gym.Env, controller: object, steps: int = pm.MAX_EPISODE_STEPS) -> tuple:
+def run(env: gym.Env, controller: object, steps: int = pm.TASK.max_episode_steps) -> tuple:
     """Step ``controller.act(env)`` until the episode ends.
 
     Returns (last info, actions [T, 2], terminated).
@@ -149,7 +149,7 @@ def test_averaging_the_two_modes_fails(env: gym.Env) -> None:
 
     class MeanOfModes:
         def __init__(self) -> None:
-            self.experts = [pm.PointMazeExpert() for _ in pm.MODE_NAMES]
+            self.experts = [pm.PointMazeExpert() for _ in pm.TASK.mode_names]
             for mode, expert in enumerate(self.experts):
                 expert.reset(env, mode=mode)
 

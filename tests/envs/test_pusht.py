@@ -33,7 +33,7 @@ def run_expert(env: gym.Env, seed: int, mode: int | None) -> tuple[list[dict], n
     expert = pusht.PushTExpert(seed=0)
     expert.reset(env, mode=mode)
     infos, actions = [info], []
-    for _ in range(pusht.MAX_EPISODE_STEPS):
+    for _ in range(pusht.TASK.max_episode_steps):
         actions.append(expert.act(env))
         _, _, terminated, truncated, info = env.step(actions[-1])
         infos.append(info)
@@ -71,12 +71,12 @@ def test_keypoints_are_the_tees_corners_and_cog_in_the_world() -> None:
 
 def test_task_constants() -> None:
     spec = pusht.TASK
-    assert spec.name == pusht.NAME == "pusht"
-    assert spec.env_id == pusht.ENV_ID and spec.env_id in gym.registry
-    assert len(pusht.MODE_NAMES) == len(pusht.MODE_PROBS) == 2
-    assert math.isclose(sum(pusht.MODE_PROBS), 1.0)
+    assert spec.name == pusht.TASK.name == "pusht"
+    assert spec.env_id == pusht.TASK.env_id and spec.env_id in gym.registry
+    assert len(pusht.TASK.mode_names) == len(pusht.TASK.mode_probs) == 2
+    assert math.isclose(sum(pusht.TASK.mode_probs), 1.0)
     assert spec.max_episode_steps == 300 and spec.control_hz == 10.0 and spec.action_dim == 2
-    assert spec.obs_types == pusht.OBS_MODES == ("state", "keypoints", "image")
+    assert spec.obs_types == pusht.TASK.obs_types == ("state", "keypoints", "image")
     assert pusht.PushTExpert.task is spec
 
 
@@ -88,7 +88,7 @@ def test_spaces_and_info_keys(obs_mode: str) -> None:
     expected = expected.get(obs_mode, ["agent_pos", "image"])
     assert isinstance(env.observation_space, gym.spaces.Dict)
     assert sorted(env.observation_space.spaces) == expected == sorted(obs)
-    assert env.action_space.shape == (pusht.ACTION_DIM,)
+    assert env.action_space.shape == (pusht.TASK.action_dim,)
     assert INFO_KEYS <= set(info) and info["mode"] == -1 and info["score"] == 0.0
     env.action_space.seed(0)
     for _ in range(5):
@@ -149,10 +149,10 @@ def test_image_observations_are_seeded_too() -> None:
 def test_truncates_at_step_limit(env: gym.Env) -> None:
     obs, _ = env.reset(seed=0)
     hold = obs["state"][:2].copy()  # the agent stays put; the block never moves
-    for t in range(1, pusht.MAX_EPISODE_STEPS + 1):
+    for t in range(1, pusht.TASK.max_episode_steps + 1):
         _, _, terminated, truncated, info = env.step(hold)
         assert not terminated
-        assert truncated == (t == pusht.MAX_EPISODE_STEPS)
+        assert truncated == (t == pusht.TASK.max_episode_steps)
     assert info["mode"] == -1  # the block never turned
 
 
@@ -194,7 +194,7 @@ def test_expert_picks_modes_from_its_own_rng(env: gym.Env) -> None:
     env.reset(seed=0)
     modes = [pusht.PushTExpert(seed=s).reset(env) for s in range(400)]
     assert set(modes) == {0, 1}
-    assert abs(np.mean(modes) - pusht.MODE_PROBS[1]) < 0.1
+    assert abs(np.mean(modes) - pusht.TASK.mode_probs[1]) < 0.1
     again = [pusht.PushTExpert(seed=s).reset(env) for s in range(20)]
     assert again == modes[:20]
     with pytest.raises(ValueError):

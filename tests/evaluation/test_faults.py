@@ -5,9 +5,9 @@ import functools
 import json
 
 import pytest
-from conftest import tiny_policy
 from diffusion_policy_dist.envs.workers import EnvSource
 from envs_for_tests import faulty
+from helpers import tiny_policy
 
 from diffusion_policy_dist.evaluation import evaluate
 

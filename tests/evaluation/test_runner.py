@@ -7,10 +7,10 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import tiny_policy
 from diffusion_policy_dist.envs import gym_env_spec, make_env, task_env_spec
 from diffusion_policy_dist.envs.workers import EnvSource
 from envs_for_tests import countdown
+from helpers import tiny_policy
 
 from diffusion_policy_dist.evaluation import evaluate
 

@@ -5,8 +5,8 @@ import json
 import shutil
 
 import pytest
-from conftest import fast_cfg
 from diffusion_policy_dist.envs import UntrustedEnvError, make_env
+from helpers import fast_cfg
 
 from diffusion_policy_dist.cli.main import main
 from diffusion_policy_dist.training.build import load_policy, train_from_config

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import fast_cfg
+from helpers import fast_cfg
 from torch import nn
 
 from diffusion_policy_dist.training.build import train_from_config

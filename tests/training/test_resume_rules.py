@@ -4,7 +4,7 @@ cannot honour, logs every step once, cleans up after itself; bad settings fail a
 import json
 
 import pytest
-from conftest import fast_cfg
+from helpers import fast_cfg
 
 from diffusion_policy_dist.cli.main import main
 from diffusion_policy_dist.training.build import train_from_config

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import fast_cfg
+from helpers import fast_cfg
 
 from diffusion_policy_dist.training.build import policy_from_checkpoint, train_from_config
 from diffusion_policy_dist.training.checkpoint import load_checkpoint, save_checkpoint
