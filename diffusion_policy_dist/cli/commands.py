@@ -53,13 +53,16 @@ def train(cfg) -> int:
 
     summary = train_from_config(cfg)
     keys = ("step", "loss", "val_loss", "train_wallclock_s", "checkpoint")
-    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1), file=sys.stderr)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, one summary
+    if main_rank:
+        print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1), file=sys.stderr)
     if summary.get("stop_signal"):
-        print(
-            f"training stopped by signal {summary['stop_signal']} at step {summary['step']}; "
-            "re-run the same command to continue",
-            file=sys.stderr,
-        )
+        if main_rank:
+            print(
+                f"training stopped by signal {summary['stop_signal']} at step "
+                f"{summary['step']}; re-run the same command to continue",
+                file=sys.stderr,
+            )
         return 128 + int(summary["stop_signal"])
     return 0
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import shard
+
 __all__ = ["CropRandomizer", "ImageEncoder", "ResNet18GN", "SpatialSoftmax"]
 
 
@@ -261,8 +263,8 @@ class CropRandomizer(nn.Module):
         n, c = flat.shape[:2]
         # Offsets are drawn on the CPU generator so the crops for a given seed do not depend
         # on the device the images live on.
-        top = torch.randint(0, h - ch + 1, (n,)).to(x.device)
-        left = torch.randint(0, w - cw + 1, (n,)).to(x.device)
+        top = shard.randint(0, h - ch + 1, n).to(x.device)
+        left = shard.randint(0, w - cw + 1, n).to(x.device)
         rows = top[:, None] + torch.arange(ch, device=x.device)  # [N, ch]
         cols = left[:, None] + torch.arange(cw, device=x.device)  # [N, cw]
         # Two gathers (rows, then columns) keep memory at O(N*C*ch*W), with no batch loop.

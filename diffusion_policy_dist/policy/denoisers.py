@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import shard
 from ..diffusion.losses import mse_loss, time_weight
 
 # (in_channels, extra condition dims[, noise_dim, noise_levels]) -> network with
@@ -149,14 +150,14 @@ class DistributionalDenoiser(Denoiser):
     def _samples(self, x_t: Tensor, t: Tensor, cond: Tensor, known: Tensor | None) -> Tensor:
         """``m`` posterior samples per example, ``[B, m, H, Da]`` (float32 for the loss)."""
         B, m = x_t.shape[0], self.loss_cfg.m
+        xi = shard.randn(B, m, *self.noise_shape, device=x_t.device, dtype=x_t.dtype)
         if self.shares_trunk:
-            xi = torch.randn(B, m, *self.noise_shape, device=x_t.device, dtype=x_t.dtype)
             return self.net(self._inputs([x_t], known), t, cond, noise=xi).float()
 
         def rep(v: Tensor | None) -> Tensor | None:
             return None if v is None else v.repeat_interleave(m, 0)
 
-        rows = self.x0(rep(x_t), rep(t), rep(cond), known=rep(known))
+        rows = self.x0(rep(x_t), rep(t), rep(cond), known=rep(known), xi=xi.flatten(0, 1))
         return rows.float().view(B, m, *rows.shape[1:])
 
     def loss(self, x0, cond, action_is_pad=None, known=None):

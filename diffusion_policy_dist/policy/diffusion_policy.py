@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import shard
 from ..data.normalizer import Normalizer
 from ..diffusion.processes import make_process
 from ..diffusion.samplers import SAMPLERS, SamplerConfig, sample
@@ -161,7 +162,7 @@ class DiffusionPolicy(nn.Module):
         if self.prior is not None:
             a_p = float(self.process.alpha(torch.tensor(self.t_prime)))
             s_p = float(self.process.sigma(torch.tensor(self.t_prime)))
-            x_tp = a_p * x0 + s_p * torch.randn_like(x0)
+            x_tp = a_p * x0 + s_p * shard.randn_like(x0)
             # the prior is trained on its own term, with features detached, so adding it never
             # changes the denoiser's gradients (joint training == training it afterwards)
             prior_nll = self.prior.nll(x_tp.flatten(1), cond.detach()).mean()

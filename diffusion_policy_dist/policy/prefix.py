@@ -17,12 +17,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import shard
+
 
 def random_known(x0: Tensor, max_steps: int, start: int) -> Tensor:
     """Training's ``known`` for clean chunks ``x0 [B, H, Da]``: d ~ U{0..max_steps} committed
     steps from index ``start`` (the current step of the window)."""
     B, H, _ = x0.shape
-    d = torch.randint(0, max_steps + 1, (B, 1), device=x0.device)
+    d = shard.randint(0, max_steps + 1, B, 1, device=x0.device)
     pos = torch.arange(H, device=x0.device)[None] - start
     mask = ((pos >= 0) & (pos < d)).to(x0.dtype)[..., None]
     return torch.cat([x0 * mask, mask], dim=-1)

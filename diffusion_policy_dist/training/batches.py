@@ -8,16 +8,22 @@ import torch
 
 
 class EpochBatches:
-    """Batch ``i`` of epoch ``e`` is a pure function of (seed, e, i): a resumable data order."""
+    """Batch ``i`` of epoch ``e`` is a pure function of (seed, e, i): a resumable data order.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    ``batch_size`` is the global batch; with ``world`` processes, process ``rank`` gets its
+    contiguous share of every batch (``batch_size / world`` examples), so the processes together
+    see exactly the batches one process would."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.batch_size = min(batch_size, n)
         self.per_epoch = max(1, n // self.batch_size)
+        self.local = self.batch_size // world
 
     def indices(self, epoch: int, i: int) -> np.ndarray:
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return perm[i * self.batch_size : (i + 1) * self.batch_size]
+        start = i * self.batch_size + self.rank * self.local
+        return perm[start : start + self.local]
 
 
 class _BatchStream(torch.utils.data.IterableDataset):

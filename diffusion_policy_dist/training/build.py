@@ -23,6 +23,7 @@ from ..policy.config import policy_config, to_dict
 from ..provenance import git_commit, versions
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .config import TrainRun
+from .distributed import World, join, leave
 from .trainer import Trainer
 
 
@@ -110,13 +111,23 @@ def _run_meta(run: TrainRun, policy, buffer, train_set, val_set, device) -> dict
 
 
 def train_from_config(run: TrainRun) -> dict[str, Any]:
-    """Train a policy as the run config says and return the trainer's summary."""
+    """Train a policy as the run config says and return the trainer's summary. Under torchrun
+    every process runs this; they train one model together (see :mod:`.distributed`)."""
     torch.manual_seed(run.seed)
     if run.threads:
         torch.set_num_threads(run.threads)
-    device = resolve_device(run.device)
+    world, device = join(resolve_device(run.device))
+    try:
+        return _train(run, world, device)
+    finally:
+        leave(world)
+
+
+def _train(run: TrainRun, world: World, device: torch.device) -> dict[str, Any]:
     policy, train_set, val_set, buffer, _ = build_policy_and_data(run)
-    out = run.output_dir or os.path.join("outputs", "train", time.strftime("%Y%m%d-%H%M%S"))
+    out = run.output_dir or world.broadcast(
+        os.path.join("outputs", "train", time.strftime("%Y%m%d-%H%M%S"))
+    )
     trainer = Trainer(
         policy,
         train_set,
@@ -127,6 +138,7 @@ def train_from_config(run: TrainRun) -> dict[str, Any]:
         config=to_dict(run),
         seed=run.seed,
         device=device,
+        world=world,
     )
     summary = trainer.fit()
     summary["output_dir"] = str(out)

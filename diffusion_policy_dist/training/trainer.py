@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import shard
 from ..models.ema import EMA
 from ..policy.config import build_config
 from .batches import EpochBatches, batch_loader
@@ -38,6 +39,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .cost import autocast, train_step_flops
+from .distributed import World
 from .resume import SETTINGS, check_same_run, check_same_settings, new_total
 
 
@@ -69,10 +71,13 @@ class Trainer:
         seed: int = 0,
         device: str | torch.device = "cpu",
         clock: Callable[[], float] = time.perf_counter,
+        world: World | None = None,
     ) -> None:
         self.cfg = build_config(TrainConfig, cfg, "training")
         self._clock = clock  # seconds; injectable, so budgets are testable on a busy machine
+        self.world = world or World()
         self.policy = policy.to(device)
+        # read from the policy itself, never from a DDP wrapper (which would hide it)
         self.rows_per_example = int(getattr(policy, "samples_per_example", 1))
         self.batch_size = self.cfg.examples_per_step(self.rows_per_example)
         self.device = torch.device(device)
@@ -80,7 +85,8 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.meta, self.config = dict(meta or {}), dict(config or {})
         self.seed = seed
-        self.order = EpochBatches(len(train_set), self.batch_size, seed)
+        self.order = EpochBatches(len(train_set), self.batch_size, seed, *self._shard())
+        self.model = self._wrap(self.policy)
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay
@@ -103,6 +109,33 @@ class Trainer:
         self.budget = WallClockBudget(budget_s) if budget_s is not None else None
         self.flops_per_step: int | None = None  # counted on the first batch of fit()
 
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size); the global batch must split evenly over the processes."""
+        w = self.world
+        if w.active:
+            if self.cfg.time_budget_s is not None:
+                raise ValueError(
+                    "training.time_budget_s reads each process's own clock, so processes could "
+                    "disagree on the step count; give training.steps with several processes"
+                )
+            global_batch = min(self.batch_size, len(self.train_set))
+            if global_batch % w.size:
+                raise ValueError(
+                    f"training.batch_size={global_batch} is the global batch and must split "
+                    f"evenly over the {w.size} processes (per process: batch_size / {w.size})"
+                )
+        return w.rank, w.size
+
+    def _wrap(self, policy: nn.Module) -> nn.Module:
+        """What the training step calls: the policy, or DDP around it with several processes
+        (DDP averages the gradients of the processes' shares)."""
+        if not self.world.active:
+            return policy
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(policy, device_ids=ids, broadcast_buffers=False)
+
     def _warmup(self) -> int:
         """Warmup steps: ``warmup_steps``, else ``warmup_fraction`` of the run's total."""
         if self.cfg.warmup_steps is not None:
@@ -120,10 +153,15 @@ class Trainer:
         return self.output_dir / "checkpoints" / "latest"
 
     def save(self, path: Path | None = None) -> Path:
+        """Write a checkpoint (rank 0 only; every rank returns its path)."""
+        path = path or self.checkpoint_dir
+        if not self.world.is_main:
+            return path
         model = self.policy
         meta = dict(self.meta)
         meta.update(
             batch_size=self.order.batch_size,
+            world_size=self.world.size,
             rows_per_step=self.rows_per_step,
             step=self.step,
             epoch=self.epoch,
@@ -131,7 +169,7 @@ class Trainer:
             train_wallclock_s=round(self.elapsed_s, 3),
             peak_memory_mb=round(peak_memory_mb(self.device), 1),
             precision=self.cfg.precision,
-            train_flops_per_step=self.flops_per_step,
+            train_flops_per_step=(self.flops_per_step or 0) * self.world.size or None,
         )
         state = {
             "optimizer": self.optimizer.state_dict(),
@@ -148,7 +186,7 @@ class Trainer:
         }
         norm = getattr(model, "normalizer", None)
         return save_checkpoint(
-            path or self.checkpoint_dir,
+            path,
             model_state=model.state_dict(),
             ema_state=self.ema.state_dict() if self.ema else None,
             meta=meta,
@@ -201,7 +239,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
-        if not self.metrics_path.exists():
+        if not self.world.is_main or not self.metrics_path.exists():
             return
         keep = [
             line
@@ -211,6 +249,8 @@ class Trainer:
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -219,6 +259,8 @@ class Trainer:
                     self._tb.add_scalar(k, v, record["step"])
 
     def _open_tensorboard(self) -> None:
+        if not self.world.is_main:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # tensorboard is an optional extra
@@ -230,7 +272,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean loss over fixed validation batches, with fixed noise, without touching the
         training RNG streams."""
-        if self.val_set is None or len(self.val_set) == 0:
+        if self.val_set is None or len(self.val_set) == 0 or not self.world.is_main:
             return {}
         model = self.ema.module if self.ema is not None else self.policy
         was_training = model.training
@@ -249,6 +291,13 @@ class Trainer:
         return {f"val_{k}": v for k, v in sums.items()}
 
     # ------------------------------------------------------------------ loop
+    def _stopping(self) -> bool:
+        """Whether to stop now: a signal reached this process or (all agree) any other one."""
+        signum = self.world.max(self.stop_signal or 0)
+        if signum and self.stop_signal is None:
+            self.stop_signal = signum
+        return bool(signum)
+
     def _request_stop(self, signum, frame) -> None:
         """SIGTERM or a first Ctrl-C: finish the current step, checkpoint, return. A second
         Ctrl-C interrupts at once (the last periodic checkpoint is still intact)."""
@@ -284,14 +333,15 @@ class Trainer:
             initial=self.step,
             desc="train",
             dynamic_ncols=True,
-            disable=not self.cfg.progress,
+            disable=not (self.cfg.progress and self.world.is_main),
             mininterval=0.5 if sys.stderr.isatty() else 10.0,
         )
 
     def _train_step(self, batch) -> dict[str, float]:
         t0 = self._clock()
-        with autocast(self.cfg.precision, self.device):
-            loss, info = self.policy(batch)
+        with shard.batch_shard(self.world.rank, self.world.size):
+            with autocast(self.cfg.precision, self.device):
+                loss, info = self.model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; info={info}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -334,6 +384,7 @@ class Trainer:
         return last
 
     def _log_train(self, info: dict[str, float]) -> None:
+        info = self.world.mean(info)  # the global batch's values (a collective: every rank)
         now = self._clock()
         steps = self.step - self._log_ref[0]
         rec = {
@@ -342,7 +393,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "steps_per_s": steps / max(now - self._log_ref[1], 1e-9),
             "rows": self.step * self.rows_per_step,
-            "train_flops": self.step * (self.flops_per_step or 0),
+            "train_flops": self.step * (self.flops_per_step or 0) * self.world.size,
             "train_wallclock_s": round(self.elapsed_s, 3),
             **info,
         }
@@ -369,11 +420,12 @@ class Trainer:
         last: dict[str, float] = {"loss": float("nan")}
         try:
             with self._signals_stop(), self._progress_bar() as bar:
-                while self.step < self.total_steps and self.stop_signal is None:
+                while self.step < self.total_steps and not self._stopping():
                     last = self._after_step(self._train_step(next(it)), bar)
                     if callback is not None:
                         callback(self)
                 path = self.save()
+                self.world.barrier()  # nobody leaves before the checkpoint is written
         finally:
             if self._tb is not None:
                 self._tb.close()

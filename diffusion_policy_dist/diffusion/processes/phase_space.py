@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ... import shard
 from ..grids import explicit_grid, time_grid
 
 Mat = list[list[float]]
@@ -215,9 +216,9 @@ class PhaseSpace:
     def training_draw(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(t [B], eps [B, ..., 2D], z_t)``: one time in [t_min, 1] per example (drawn before
         eps) and the perturbed state."""
-        t = torch.rand(x0.shape[0], device=x0.device)
+        t = shard.rand(x0.shape[0], device=x0.device)
         t = self.t_min + (1.0 - self.t_min) * t
-        eps = torch.randn(*x0.shape[:-1], 2 * x0.shape[-1], device=x0.device, dtype=x0.dtype)
+        eps = shard.randn(*x0.shape[:-1], 2 * x0.shape[-1], device=x0.device, dtype=x0.dtype)
         return t, eps, self.perturb(x0, t, eps)
 
     def target(self, prediction: str, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ... import shard
 from ..grids import explicit_grid, time_grid
 from ..parameterization import expand_like, prediction_target, to_x0
 from ..schedules import Schedule, log_snr
@@ -95,8 +96,8 @@ class VPProcess:
 
     def training_draw(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(t [B], eps, x_t)``: one time in [0, 1) per example (drawn before eps)."""
-        t = torch.rand(x0.shape[0], device=x0.device)
-        eps = torch.randn_like(x0)
+        t = shard.rand(x0.shape[0], device=x0.device)
+        eps = shard.randn_like(x0)
         return t, eps, self.perturb(x0, t, eps)
 
     def perturb(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
