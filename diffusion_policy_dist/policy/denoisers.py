@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import shard
+from .. import noise, shard
 from ..diffusion.losses import mse_loss, time_weight
 
 # (in_channels, extra condition dims[, noise_dim, noise_levels]) -> network with
@@ -135,12 +135,8 @@ class DistributionalDenoiser(Denoiser):
         """A fresh posterior sample; ``xi [B, *noise_shape]`` is drawn from ``generator`` unless
         given."""
         if xi is None:
-            xi = torch.randn(
-                (x_t.shape[0], *self.noise_shape),
-                generator=generator,
-                device=x_t.device,
-                dtype=x_t.dtype,
-            )
+            shape = (x_t.shape[0], *self.noise_shape)
+            xi = noise.normal(shape, generator, device=x_t.device, dtype=x_t.dtype)
         if self.cfg.noise_injection == "concat":
             return self.net(self._inputs([x_t, xi], known), t, cond)
         if self.shares_trunk:

@@ -23,6 +23,7 @@ from ..diffusion.schedules import t_at_alpha
 from ..models.obs_encoders import ObsEncoder, obs_keys_by_type
 from ..models.prior import MixtureDensityPrior
 from ..models.unet1d import ConditionalUnet1D
+from ..noise import NoiseTape
 from ..window import Window
 from .config import PolicyConfig, build_choice, policy_config
 from .denoisers import DENOISERS
@@ -177,6 +178,11 @@ class DiffusionPolicy(nn.Module):
         prior at t' (its wall-clock in ms)."""
         shape = (cond.shape[0], self.window.horizon, self.action_dim)
         if self.prior is not None and sc.use_prior and sc.t_start == 1.0:
+            if isinstance(generator, NoiseTape):
+                raise ValueError(
+                    "a truncation prior picks a mixture component per chunk, which a fixed noise "
+                    "tape cannot express: use sampler.use_prior=false (or a policy without one)"
+                )
             t0 = time.perf_counter()
             x = self.prior.sample(cond, generator=generator).view(shape)
             return x, float(self.t_prime), 1000 * (time.perf_counter() - t0)

@@ -13,10 +13,10 @@ from typing import Any
 
 from ..env_options import EnvOptions
 from ..policy.config import DEFAULT_CHOICES, NetworkConfig, PolicyConfig, PolicyOptions
+from ..precision import PRECISIONS
 from ..window import Window
 
 MISSING = "???"  # OmegaConf's marker of a required value
-PRECISIONS = ("fp32", "bf16")
 
 
 def _positive_int(where: str, value: Any, least: int = 1) -> None:

@@ -1,6 +1,6 @@
 """What a training step costs, in work rather than seconds: floating-point operations counted by
 torch (:class:`torch.utils.flop_counter.FlopCounterMode`: matrix products and convolutions,
-forward and backward), and the autocast context of a run's precision.
+forward and backward).
 
 FLOPs do not depend on the machine or its load, so they compare models whose network rows cost
 different amounts (a generator whose m samples share one trunk pass, or a mean model) on one
@@ -9,22 +9,13 @@ scale; wall-clock is measured and reported beside them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def autocast(precision: str, device: torch.device | str):
-    """The forward pass's context for ``precision`` (``fp32``: none; ``bf16``: bfloat16
-    autocast on ``device``'s type, CPU or CUDA)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    raise ValueError(f"unknown precision {precision!r}; choose fp32 or bf16")
+from ..precision import autocast
 
 
 def train_step_flops(policy: nn.Module, batch: Mapping[str, Any], precision: str = "fp32") -> int:

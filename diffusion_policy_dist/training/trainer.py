@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .. import shard
 from ..models.ema import EMA
 from ..policy.config import build_config
+from ..precision import autocast
 from .batches import EpochBatches, batch_loader
 from .budget import WallClockBudget
 from .checkpoint import (
@@ -38,7 +39,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .cost import autocast, train_step_flops
+from .cost import train_step_flops
 from .distributed import World
 from .resume import SETTINGS, check_same_run, check_same_settings, new_total
 

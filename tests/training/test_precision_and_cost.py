@@ -7,10 +7,11 @@ import torch
 from helpers import fast_cfg
 from torch import nn
 
+from diffusion_policy_dist.precision import autocast
 from diffusion_policy_dist.training.build import train_from_config
 from diffusion_policy_dist.training.checkpoint import read_meta
 from diffusion_policy_dist.training.config import TrainConfig
-from diffusion_policy_dist.training.cost import autocast, train_step_flops
+from diffusion_policy_dist.training.cost import train_step_flops
 
 
 class LinearLoss(nn.Module):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ... import shard
+from ... import noise, shard
 from ..grids import explicit_grid, time_grid
 
 Mat = list[list[float]]
@@ -196,7 +196,7 @@ class PhaseSpace:
         """z_T ~ N(0, 1) x N(0, M) for an x0 of ``shape`` -> ``[*shape[:-1], 2 * shape[-1]]``."""
         shape = tuple(shape)
         full = (*shape[:-1], 2 * shape[-1])
-        z = torch.randn(full, generator=generator, dtype=dtype, device=device)
+        z = noise.normal(full, generator, dtype=dtype, device=device)
         x, m = _split(z)
         return _join(x, math.sqrt(self.mass) * m)
 
@@ -297,7 +297,7 @@ def _lin(K: Mat, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    return noise.normal(z.shape, generator, dtype=z.dtype, device=z.device)
 
 
 def _simpson_sqrt(u0: float, u1: float, n: int) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ... import shard
+from ... import noise, shard
 from ..grids import explicit_grid, time_grid
 from ..parameterization import expand_like, prediction_target, to_x0
 from ..schedules import Schedule, log_snr
@@ -56,7 +56,7 @@ def apply_bridge(x: Tensor, x0_hat: Tensor, coefs, generator) -> Tensor:
     k_x, k_0, std = coefs
     x = k_x * x + k_0 * x0_hat
     if std > 0.0:
-        x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x + std * noise.normal(x.shape, generator, device=x.device, dtype=x.dtype)
     return x
 
 
@@ -124,7 +124,7 @@ class VPProcess:
     def prior_sample(
         self, shape, generator: torch.Generator | None = None, *, dtype=None, device=None
     ) -> Tensor:
-        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return noise.normal(tuple(shape), generator, dtype=dtype, device=device)
 
     def grid(self, grid: str | Tensor, steps: int, t_start: float) -> Tensor:
         if isinstance(grid, str):
