@@ -40,13 +40,14 @@ def mode_frequencies(modes: Sequence[int], mode_names: Sequence[str] | None) -> 
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """``{"p50", "p95", "mean", "max"}`` of ``values`` (NaN for none)."""
+    """``{"p50", "p95", "p99", "mean", "max"}`` of ``values`` (NaN for none)."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        return {"p50": float("nan"), "p95": float("nan"), "mean": float("nan"), "max": float("nan")}
+        return dict.fromkeys(("p50", "p95", "p99", "mean", "max"), float("nan"))
     return {
         "p50": float(np.percentile(v, 50)),
         "p95": float(np.percentile(v, 95)),
+        "p99": float(np.percentile(v, 99)),
         "mean": float(v.mean()),
         "max": float(v.max()),
     }

@@ -30,4 +30,5 @@ def test_mode_frequencies():
 def test_percentiles():
     p = percentiles([1.0, 2.0, 3.0, 4.0, 100.0])
     assert p["p50"] == 3.0 and p["mean"] == 22.0 and 80 < p["p95"] < 100
-    assert math.isnan(percentiles([])["p50"])
+    assert p["p99"] == pytest.approx(4.0 + 0.96 * 96.0) and p["max"] == 100.0  # linear
+    assert math.isnan(percentiles([])["p50"]) and math.isnan(percentiles([])["p99"])

@@ -18,6 +18,7 @@ steps of the slowest of the last calls. Transitions: :mod:`.transitions`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ import torch
 
 from ..policy.queues import ObsHistory, camera_chw, select_obs
 from ..stats import percentiles
+from . import steady
 from .transitions import check_transition, delay_steps, next_queue, request_lead
 
 
@@ -37,7 +39,12 @@ class Controller:
     ``control_hz`` for one robot (observations ``{key: array [*shape]}``, no batch axis).
 
     ``sampler``: the policy's default when None. ``margin_steps``: extra lead beyond the measured
-    delay. ``blend_steps``: overlap of ``blend``. ``seed``: the policy's sampling noise."""
+    delay. ``blend_steps``: overlap of ``blend``. ``seed``: the policy's sampling noise.
+
+    Steady timing (:mod:`.steady`): ``warmup`` chunks are computed at construction (the first
+    calls allocate); with ``quiet_gc`` the garbage collector runs only in :meth:`reset` (between
+    episodes) while the controller is open; ``inference_cpu`` pins the inference thread to one
+    core (your loop then keeps the others)."""
 
     def __init__(
         self,
@@ -48,6 +55,9 @@ class Controller:
         margin_steps: int = 0,
         blend_steps: int = 2,
         seed: int = 0,
+        warmup: int = 3,
+        quiet_gc: bool = True,
+        inference_cpu: int | None = None,
     ) -> None:
         if not control_hz > 0:
             raise ValueError(f"control_hz must be > 0, got {control_hz}")
@@ -55,11 +65,27 @@ class Controller:
         self.transition = check_transition(transition)
         self.sampler, self.margin, self.blend_steps = sampler, int(margin_steps), int(blend_steps)
         self.generator = torch.Generator(device=policy.device).manual_seed(seed)
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="dpd-inference")
+        self._worker = ThreadPoolExecutor(
+            1, thread_name_prefix="dpd-inference", initializer=steady.pin_this_thread,
+            initargs=(inference_cpu,),
+        )  # fmt: skip
         self._lock = threading.Lock()
         self.latency_ms: collections.deque = collections.deque(maxlen=20)
+        self._warm_up(warmup)
+        self._gc = steady.quiet_gc() if quiet_gc else contextlib.nullcontext()
+        self._gc.__enter__()
         self._init_counters()
         self.reset()
+
+    def _warm_up(self, calls: int) -> None:
+        """Chunks on zero observations, in the inference thread, with noise of their own."""
+        if calls <= 0:
+            return
+        To, meta = self.policy.window.n_obs_steps, self.policy.shape_meta["obs"]
+        obs = {k: torch.zeros(1, To, *m["shape"]) for k, m in meta.items()}
+        gen = torch.Generator(device=self.policy.device).manual_seed(0)
+        for _ in range(calls):
+            self._worker.submit(self._plan, obs, None, 0, gen).result()
 
     def _init_counters(self) -> None:
         self.step_ms: list[float] = []  # steps that did not wait (all but episode starts)
@@ -71,10 +97,12 @@ class Controller:
 
     # ------------------------------------------------------------------ the loop
     def reset(self) -> None:
-        """Start a new episode (waits for a chunk still being computed, then drops it)."""
+        """Start a new episode (waits for a chunk still being computed, then drops it); the
+        garbage is collected here, where nothing is timed."""
         fut = getattr(self, "_future", None)
         if fut is not None:
             fut.result()
+        steady.collect()
         self._history = ObsHistory(self.policy.window.n_obs_steps)
         self._queue: collections.deque = collections.deque()
         self._future: Future | None = None
@@ -131,14 +159,14 @@ class Controller:
         self.requests.append(self.tick)
         self._future = self._worker.submit(self._plan, obs, prefix, self.tick)
 
-    def _plan(self, obs, prefix, tick: int) -> tuple[np.ndarray, int, float]:
+    def _plan(self, obs, prefix, tick: int, generator=None) -> tuple[np.ndarray, int, float]:
         t0 = time.perf_counter()
         dev = self.policy.device
         obs = {k: v.to(dev) for k, v in obs.items()}
         kw = {} if prefix is None else {"prefix": torch.as_tensor(prefix, device=dev)}
-        with self._lock:
-            out = self.policy.predict_action(obs, sampler=self.sampler,
-                                             generator=self.generator, **kw)  # fmt: skip
+        gen = generator or self.generator
+        with self._lock, torch.inference_mode():
+            out = self.policy.predict_action(obs, sampler=self.sampler, generator=gen, **kw)
         start = self.policy.window.action_start
         plan = out["action_pred"][0, start:].detach().cpu().numpy().astype(np.float32)
         return plan, tick, 1000 * (time.perf_counter() - t0)
@@ -182,6 +210,7 @@ class Controller:
     def close(self) -> None:
         self.reset()
         self._worker.shutdown(wait=True)
+        self._gc.__exit__(None, None, None)
 
     def __enter__(self) -> Controller:
         return self

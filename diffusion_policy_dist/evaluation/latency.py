@@ -55,6 +55,8 @@ def measure_latency(
     return {
         "latency_ms_p50": c["p50"],
         "latency_ms_p95": c["p95"],
+        "latency_ms_p99": c["p99"],
+        "latency_ms_max": c["max"],
         "latency_ms_mean": c["mean"],
         "forward_ms_p50": f["p50"],
         "forward_ms_p95": f["p95"],
@@ -67,7 +69,8 @@ def measure_latency(
 def not_measured(nfe: int) -> dict[str, Any]:
     """The latency keys of a run that skipped timing (e.g. tuning on validation seeds)."""
     nan = float("nan")
-    keys = ("latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "forward_ms_p50")
+    keys = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "latency_ms_max",
+            "latency_ms_mean", "forward_ms_p50")  # fmt: skip
     return {
         **dict.fromkeys(keys, nan),
         "forward_ms_p95": nan,

@@ -70,6 +70,8 @@ def build_result(
         "mode_freq": stats["mode_freq"],
         "sampler": run["sampler"],
         "checkpoint": run.get("checkpoint"),
+        "latency_ms_p99": latency.get("latency_ms_p99"),
+        "latency_ms_max": latency.get("latency_ms_max"),
         "latency_ms_mean": latency["latency_ms_mean"],
         "forward_ms_p50": latency["forward_ms_p50"],
         "latency_over_forward": latency["latency_over_forward"],
@@ -118,6 +120,14 @@ def format_summary(result: Mapping[str, Any]) -> str:
             f"{result['control_hz']:g} Hz, {result['transition']}, delay p50 {d['p50']:g} / max "
             f"{d['max']} steps, deadline misses {result['deadline_miss_rate'] or 0:.1%}",
         ))  # fmt: skip
+        j = result.get("deadline_latency_ms")
+        if j:
+            rows.append((
+                "judged on",
+                f"calls of {result['deadline_batch']} env(s) at once: p50 {j['p50']:.2f} / p99 "
+                f"{j['p99']:.2f} / max {j['max']:.2f} ms (the batch-1 latency above is one "
+                "robot's)",
+            ))  # fmt: skip
     if result.get("boundary_jerk") is not None:
         rows.append(("boundary jerk", f"{result['boundary_jerk']:.4g} (interior "
                                       f"{result['interior_jerk'] or 0:.4g})"))  # fmt: skip

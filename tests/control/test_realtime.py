@@ -106,3 +106,25 @@ def test_controller_never_waits_for_the_network_and_stays_in_step():
     lag = np.arange(len(env.log)) - np.array(env.log)
     assert (lag >= 0).all()  # an action never runs before its step
     assert (lag[s["stale_steps"] + 1 :] == 0).sum() > 0
+
+
+def test_quiet_gc_collects_only_where_told_and_restores_the_collector():
+    import gc
+
+    from diffusion_policy_dist.control import steady
+
+    assert gc.isenabled()
+    with steady.quiet_gc():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        steady.collect()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with steady.quiet_gc():
+            pass
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError, match="is not one of this machine's"):
+        steady.pin_this_thread(10_000)
+    steady.pin_this_thread(None)
