@@ -35,7 +35,7 @@ VARIANTS = ("plain", "+ warm-up", "+ quiet gc", "+ inference_mode", "+ pinned")
 def loop(policy, env, calls: int, variant: int, pool) -> list[float]:
     """Chunk latencies (ms) of ``calls`` requests, each after n_action_steps env steps."""
     from diffusion_policy_dist.control import steady
-    from diffusion_policy_dist.policy.queues import camera_chw, select_obs
+    from diffusion_policy_dist.queues import camera_chw, select_obs
 
     gen = torch.Generator().manual_seed(0)
     n = policy.window.n_action_steps

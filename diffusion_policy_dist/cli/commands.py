@@ -223,6 +223,23 @@ def demo(cfg, command_line: str) -> dict[str, Any] | int:
         return _stopped(e)
 
 
+def export(cfg) -> dict[str, Any]:
+    from ..benchmarks.runs import parse_sampler
+    from ..export import export_onnx
+    from ..training.build import load_policy
+
+    policy = load_policy(cfg.checkpoint, use_ema=cfg.use_ema)
+    sampler = parse_sampler(cfg.sampler) if cfg.sampler else None
+    out = cfg.output or str(Path(cfg.checkpoint) / "policy.onnx")
+    batch = "dynamic" if cfg.batch == "dynamic" else int(cfg.batch)
+    meta = export_onnx(policy, out, sampler, batch, cfg.checkpoint, cfg.opset)
+    noise = ", ".join(f"{n['name']} {n['shape']}" for n in meta["noise"])
+    print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB): sampler "
+          f"{meta['sampler']['kind']}-{meta['sampler']['steps']}, batch {meta['batch']}, "
+          f"noise inputs {noise}", file=sys.stderr)  # fmt: skip
+    return meta
+
+
 def tune(cfg) -> dict[str, Any]:
     from .tune import tune as run_tune
 

@@ -33,7 +33,7 @@ def _choice_groups() -> dict[str, dict[str, Any]]:
 def _schemas() -> dict[str, Any]:
     from ..benchmarks.config import BenchRun, DemoRun
     from ..training.config import TrainRun
-    from .schemas import CollectRun, EvalRun, ImportRobomimicRun, InfoRun, TuneRun
+    from .schemas import CollectRun, EvalRun, ExportRun, ImportRobomimicRun, InfoRun, TuneRun
 
     return {
         "train": TrainRun,
@@ -44,6 +44,7 @@ def _schemas() -> dict[str, Any]:
         "info": InfoRun,
         "repair": InfoRun,
         "tune": TuneRun,
+        "export": ExportRun,
         "import-robomimic": ImportRobomimicRun,
     }
 

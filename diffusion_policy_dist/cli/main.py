@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "describe a checkpoint or a dataset (and check it)"),
     "tune": ("tune", "pick the sampler that meets a control rate, as the checkpoint's default"),
     "repair": ("repair", "cut a dataset back to its committed episodes after a crash"),
+    "export": ("export", "a checkpoint as one ONNX graph, for a robot without the training stack"),
 }
 
 USAGE = """usage: dpd <command> [key=value ...] [--cfg]

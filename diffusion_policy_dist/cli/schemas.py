@@ -97,3 +97,32 @@ class TuneRun:
     use_ema: bool = True
     device: str = "auto"
     progress: bool = True
+
+
+@dataclass
+class ExportRun:
+    """``dpd export``: a checkpoint as one ONNX graph (``format=onnx``) that maps observation
+    histories and explicit noise to action chunks, for :mod:`diffusion_policy_dist.runtime`.
+    ``sampler``: ``kind-steps[@option=value]`` (null: the checkpoint's default sampler);
+    ``batch``: ``dynamic`` or a fixed number of rows; ``output`` (null:
+    ``<checkpoint>/policy.onnx``)."""
+
+    checkpoint: str = "???"
+    format: str = "onnx"
+    sampler: str | None = None
+    batch: str = "dynamic"
+    output: str | None = None
+    use_ema: bool = True
+    opset: int = 18
+
+    def __post_init__(self) -> None:
+        if self.format == "pt2":
+            raise ValueError(
+                "format=pt2 is not offered: torch.export cannot trace the sampler, whose step "
+                "coefficients are computed on the host (data-dependent Python floats); use "
+                "format=onnx"
+            )
+        if self.format != "onnx":
+            raise ValueError(f"format must be onnx, got {self.format!r}")
+        if self.batch != "dynamic" and not str(self.batch).isdigit():
+            raise ValueError(f"batch must be 'dynamic' or a number of rows, got {self.batch!r}")

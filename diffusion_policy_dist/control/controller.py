@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..policy.queues import ObsHistory, camera_chw, select_obs
+from ..queues import ObsHistory, camera_chw, select_obs
 from ..stats import percentiles
 from . import steady
 from .transitions import check_transition, delay_steps, next_queue, request_lead
@@ -168,7 +168,9 @@ class Controller:
         with self._lock, torch.inference_mode():
             out = self.policy.predict_action(obs, sampler=self.sampler, generator=gen, **kw)
         start = self.policy.window.action_start
-        plan = out["action_pred"][0, start:].detach().cpu().numpy().astype(np.float32)
+        pred = out["action_pred"]  # a torch tensor, or numpy from an exported policy
+        pred = pred.detach().cpu().numpy() if hasattr(pred, "detach") else np.asarray(pred)
+        plan = pred[0, start:].astype(np.float32)
         return plan, tick, 1000 * (time.perf_counter() - t0)
 
     def _arrive(self, result: tuple[np.ndarray, int, float]) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from ..control.transitions import boundary_jerk, interior_jerk
 from ..envs.safe import failure_info
-from ..policy.queues import ActionQueue, ObsHistory, camera_chw, select_obs
+from ..queues import ActionQueue, ObsHistory, camera_chw, select_obs
 from .pool import EnvPool
 
 LOST = ("worker_died", "timeout")  # failure reasons after which the pool replaced the worker

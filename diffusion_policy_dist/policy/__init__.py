@@ -1,11 +1,11 @@
 """Policies: the diffusion policy, its two denoisers, its typed configuration, and the
 observation history and action queue of a policy running in a loop."""
 
+from ..queues import ActionQueue, ObsHistory
 from ..window import Window
 from .config import NetworkConfig, PolicyConfig, PolicyOptions, policy_config
 from .denoisers import DENOISERS, DistributionalDenoiser, MeanDenoiser
 from .diffusion_policy import DiffusionPolicy, sampler_options
-from .queues import ActionQueue, ObsHistory
 
 __all__ = [
     "DENOISERS",

@@ -24,11 +24,11 @@ from ..models.obs_encoders import ObsEncoder, obs_keys_by_type
 from ..models.prior import MixtureDensityPrior
 from ..models.unet1d import ConditionalUnet1D
 from ..noise import NoiseTape
+from ..queues import ActionQueue, ObsHistory, camera_chw, select_obs
 from ..window import Window
 from .config import PolicyConfig, build_choice, policy_config
 from .denoisers import DENOISERS
 from .prefix import inpaint, known_from_prefix, random_known
-from .queues import ActionQueue, ObsHistory, camera_chw, select_obs
 
 
 def sampler_options(sampler: SamplerConfig | Mapping[str, Any]) -> SamplerConfig:

@@ -11,7 +11,7 @@ import torch
 from diffusion_policy_dist.cli.main import main
 from diffusion_policy_dist.data import ReplayBuffer, infer_shape_meta, make_datasets
 from diffusion_policy_dist.data.dataset import obs_entries, parse_obs_key
-from diffusion_policy_dist.policy.queues import select_obs
+from diffusion_policy_dist.queues import select_obs
 from diffusion_policy_dist.window import Window
 
 

@@ -95,6 +95,17 @@ def _real_time(run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     stats = json.loads(r.stdout)
     assert stats["steps"] > 50 and stats["chunks"] > 5
+    dpd("export", f"checkpoint={run}", f"output={tmp_path / 'oa.onnx'}")
+    deploy = Path(__file__).parents[2] / "examples" / "deploy_onnx.py"
+    no_torch = (  # the robot side: onnxruntime and numpy, torch not importable
+        "import sys, runpy; sys.modules['torch'] = None; "
+        f"sys.argv = ['deploy', '--model', {str(tmp_path / 'oa.onnx')!r}, '--episodes', '2']; "
+        f"runpy.run_path({str(deploy)!r}, run_name='__main__')"
+    )
+    r = subprocess.run([sys.executable, "-c", no_torch], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["episodes"] == 2
 
 
 @pytest.mark.sim

@@ -1,4 +1,6 @@
-"""The observation history and the action queue of a policy running in a loop.
+"""The observation history and the action queue of a policy running in a loop (numpy or torch;
+importing this module needs neither torch nor the rest of the package, so the exported-policy
+runtime uses it too).
 
 One implementation serves :meth:`DiffusionPolicy.select_action` (one batch of envs stepped
 together) and the evaluation rollout (one history and queue per env slot), so both pad and slice
@@ -16,13 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def _stack(frames: list[Any], axis: int) -> Any:
-    if isinstance(frames[0], torch.Tensor):
-        return torch.stack(frames, dim=axis)
-    return np.stack(frames, axis=axis)
+    if isinstance(frames[0], np.ndarray):
+        return np.stack(frames, axis=axis)
+    import torch
+
+    return torch.stack(frames, dim=axis)
 
 
 def camera_chw(obs: Mapping[str, Any], shape_meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,9 +38,9 @@ def camera_chw(obs: Mapping[str, Any], shape_meta: Mapping[str, Any]) -> dict[st
         v, want = out[key], tuple(spec["shape"])
         if tuple(v.shape[-3:]) != want and (v.shape[-1], *v.shape[-3:-1]) == want:
             out[key] = (
-                v.permute(*range(v.dim() - 3), -1, -3, -2)
-                if isinstance(v, torch.Tensor)
-                else np.moveaxis(v, -1, -3)
+                np.moveaxis(v, -1, -3)
+                if isinstance(v, np.ndarray)
+                else v.permute(*range(v.dim() - 3), -1, -3, -2)
             )
     return out
 
