@@ -28,8 +28,13 @@ CASES = {
     "ddim-10": ("mean", {"kind": "ddim", "steps": 10}),
 }
 LOWDIM = {"obs": {"state": {"shape": [20], "type": "low_dim"}}, "action": {"shape": [2]}}
-IMAGE = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"},
-                 "agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}  # fmt: skip
+IMAGE = {
+    "obs": {
+        "image": {"shape": [3, 96, 96], "type": "rgb"},
+        "agent_pos": {"shape": [2], "type": "low_dim"},
+    },
+    "action": {"shape": [2]},
+}
 
 
 def make_policy(kind: str, shape_meta):
