@@ -130,7 +130,25 @@ def _is_dataset(path: str) -> bool:
     return path.endswith(".zip") or os.path.exists(os.path.join(path, "meta"))
 
 
+def _lerobot_info(path: str) -> int:
+    from ..data.lerobot import LeRobotFolder, check
+
+    folder = LeRobotFolder(path)
+    problems = check(folder)
+    for problem in problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    lengths = [e.length for e in folder.episodes]
+    spread = {"min": min(lengths, default=0), "max": max(lengths, default=0)}
+    summary = {**folder.describe(), "problems": problems, "episode_lengths": spread}
+    print(json.dumps(summary, indent=1))
+    return 1 if problems else 0
+
+
 def info(cfg: InfoRun) -> int:
+    from ..data.lerobot import is_lerobot
+
+    if is_lerobot(cfg.path):
+        return _lerobot_info(cfg.path)
     if _is_dataset(cfg.path):
         from ..data import ReplayBuffer, infer_shape_meta
 
@@ -238,6 +256,15 @@ def export(cfg) -> dict[str, Any]:
           f"{meta['sampler']['kind']}-{meta['sampler']['steps']}, batch {meta['batch']}, "
           f"noise inputs {noise}", file=sys.stderr)  # fmt: skip
     return meta
+
+
+def import_lerobot(cfg) -> dict[str, Any]:
+    from ..data.lerobot import to_replay_buffer
+
+    out = cfg.output or f"data/{Path(cfg.input).resolve().name}.zarr"
+    summary = to_replay_buffer(cfg.input, out, cfg.keys, cfg.overwrite, cfg.progress)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return summary
 
 
 def tune(cfg) -> dict[str, Any]:

@@ -33,7 +33,15 @@ def _choice_groups() -> dict[str, dict[str, Any]]:
 def _schemas() -> dict[str, Any]:
     from ..benchmarks.config import BenchRun, DemoRun
     from ..training.config import TrainRun
-    from .schemas import CollectRun, EvalRun, ExportRun, ImportRobomimicRun, InfoRun, TuneRun
+    from .schemas import (
+        CollectRun,
+        EvalRun,
+        ExportRun,
+        ImportLeRobotRun,
+        ImportRobomimicRun,
+        InfoRun,
+        TuneRun,
+    )
 
     return {
         "train": TrainRun,
@@ -45,6 +53,7 @@ def _schemas() -> dict[str, Any]:
         "repair": InfoRun,
         "tune": TuneRun,
         "export": ExportRun,
+        "import-lerobot": ImportLeRobotRun,
         "import-robomimic": ImportRobomimicRun,
     }
 

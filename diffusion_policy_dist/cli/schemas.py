@@ -126,3 +126,16 @@ class ExportRun:
             raise ValueError(f"format must be onnx, got {self.format!r}")
         if self.batch != "dynamic" and not str(self.batch).isdigit():
             raise ValueError(f"batch must be 'dynamic' or a number of rows, got {self.batch!r}")
+
+
+@dataclass
+class ImportLeRobotRun:
+    """``dpd import-lerobot``: a LeRobot dataset folder (v3.0 or v2.1) decoded into a zarr
+    dataset (null output: ``data/<folder name>.zarr``; null keys: every numeric feature and
+    camera). ``dpd train dataset.path=<folder>`` does the same into a cache by itself."""
+
+    input: str = "???"
+    output: str | None = None
+    keys: list[str] | None = None
+    overwrite: bool = False
+    progress: bool = True

@@ -29,6 +29,12 @@ def obs_keys_by_type(shape_meta: Mapping[str, Any]) -> dict[str, list[str]]:
     return groups
 
 
+def _module_name(key: str) -> str:
+    """A camera key as a module name (torch forbids dots: LeRobot's ``observation.images.top``
+    becomes ``observation__images__top``)."""
+    return key.replace(".", "__")
+
+
 def resolve_crop(
     crop_shape: tuple[int, int] | str | None, image_shape: tuple[int, ...]
 ) -> tuple[int, int] | None:
@@ -101,11 +107,11 @@ class ObsEncoder(nn.Module):
                 self.image_encoders["shared"] = make(self.rgb_keys[0])
             else:
                 for key in self.rgb_keys:
-                    self.image_encoders[key] = make(key)
+                    self.image_encoders[_module_name(key)] = make(key)
         self.share_rgb_encoder = share_rgb_encoder
 
     def _image_encoder(self, key: str) -> nn.Module:
-        return self.image_encoders["shared" if self.share_rgb_encoder else key]
+        return self.image_encoders["shared" if self.share_rgb_encoder else _module_name(key)]
 
     def per_step_dims(self) -> dict[str, int]:
         """Feature size contributed per history step by each key (computed, never typed)."""

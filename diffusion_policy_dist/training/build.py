@@ -18,6 +18,7 @@ import torch
 
 from ..data import ReplayBuffer, infer_shape_meta, make_datasets
 from ..data.dataset import check_shape_meta
+from ..data.lerobot import cached_buffer, is_lerobot
 from ..policy import DiffusionPolicy, Window
 from ..policy.config import policy_config, to_dict
 from ..provenance import git_commit, versions
@@ -50,7 +51,10 @@ def build_policy_and_data(run: TrainRun):
     ds = run.dataset
     if not ds.path or ds.path == "???":
         raise ValueError("dataset.path is required (a zarr dataset in Diffusion Policy's layout)")
-    buffer = ReplayBuffer.open(ds.path)
+    path = ds.path
+    if is_lerobot(path):
+        path = cached_buffer(path, ds.cache_dir)
+    buffer = ReplayBuffer.open(path)
     for problem in buffer.problems:
         print(f"warning: {ds.path}: {problem}", file=sys.stderr)
     shape_meta = infer_shape_meta(buffer, ds.obs_keys, ds.action_key)
@@ -101,6 +105,7 @@ def _run_meta(run: TrainRun, policy, buffer, train_set, val_set, device) -> dict
             "n_steps": buffer.n_steps,
             "train_windows": len(train_set),
             "val_windows": len(val_set) if val_set else 0,
+            "source": buffer.attrs.get("source"),  # e.g. a LeRobot folder, its fps and tasks
         },
         "network_params": sum(p.numel() for p in policy.net.parameters()),
         "versions": versions(),

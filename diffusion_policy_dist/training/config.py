@@ -26,14 +26,17 @@ def _positive_int(where: str, value: Any, least: int = 1) -> None:
 
 @dataclass
 class DatasetConfig:
-    """``path``: a zarr dataset (Diffusion Policy's layout, directory or ``.zip``);
-    ``obs_keys``: the observation keys (null: inferred); ``val_ratio``: fraction of episodes held
-    out for the validation loss."""
+    """``path``: a zarr dataset (Diffusion Policy's layout, directory or ``.zip``) or a LeRobot
+    dataset folder (v3.0 or v2.1: decoded once into a zarr copy in ``cache_dir``, default
+    ``~/.cache/diffusion_policy_dist/lerobot``); ``obs_keys``: the observation keys (null:
+    inferred; LeRobot features by their names, e.g. ``observation.state``); ``val_ratio``:
+    fraction of episodes held out for the validation loss."""
 
     path: str = MISSING
     obs_keys: list[str] | None = None
     action_key: str = "action"
     val_ratio: float = 0.1
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_ratio < 1.0:
