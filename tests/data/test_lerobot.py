@@ -107,8 +107,8 @@ def test_info_json_disagreements_and_foreign_folders(tmp_path):
     info = json.loads((root / "meta" / "info.json").read_text())
     info["features"]["observation.state"]["shape"] = [4]
     (root / "meta" / "info.json").write_text(json.dumps(info))
-    with pytest.raises(DatasetError, match="'observation.state' has 3 numbers per frame; "
-                                           "info.json says shape"):  # fmt: skip
+    with pytest.raises(DatasetError, match=r"'observation\.state' has 3 numbers per frame; "
+                                           r"info\.json says shape"):  # fmt: skip
         to_replay_buffer(root, tmp_path / "d.zarr", progress=False)
     assert not is_lerobot(tmp_path) and is_lerobot(root)
     info["codebase_version"] = "v1.6"
