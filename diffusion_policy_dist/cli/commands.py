@@ -267,6 +267,14 @@ def import_lerobot(cfg) -> dict[str, Any]:
     return summary
 
 
+def export_lerobot(cfg) -> dict[str, Any]:
+    from ..data.lerobot_write import from_replay_buffer
+
+    summary = from_replay_buffer(cfg.input, cfg.output, cfg.fps, cfg.task)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return summary
+
+
 def tune(cfg) -> dict[str, Any]:
     from .tune import tune as run_tune
 

@@ -36,6 +36,7 @@ def _schemas() -> dict[str, Any]:
     from .schemas import (
         CollectRun,
         EvalRun,
+        ExportLeRobotRun,
         ExportRun,
         ImportLeRobotRun,
         ImportRobomimicRun,
@@ -54,6 +55,7 @@ def _schemas() -> dict[str, Any]:
         "tune": TuneRun,
         "export": ExportRun,
         "import-lerobot": ImportLeRobotRun,
+        "export-lerobot": ExportLeRobotRun,
         "import-robomimic": ImportRobomimicRun,
     }
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "collect, train, evaluate: the main job"),
     "import-robomimic": ("import_robomimic", "convert a robomimic HDF5 file to zarr"),
     "import-lerobot": ("import_lerobot", "decode a LeRobot dataset folder (v3.0, v2.1) to zarr"),
+    "export-lerobot": ("export_lerobot", "write a zarr dataset as a LeRobot v3.0 folder"),
     "info": ("info", "describe a checkpoint or a dataset (and check it)"),
     "tune": ("tune", "pick the sampler that meets a control rate, as the checkpoint's default"),
     "repair": ("repair", "cut a dataset back to its committed episodes after a crash"),

@@ -139,3 +139,15 @@ class ImportLeRobotRun:
     keys: list[str] | None = None
     overwrite: bool = False
     progress: bool = True
+
+
+@dataclass
+class ExportLeRobotRun:
+    """``dpd export-lerobot``: a zarr dataset written as a LeRobot v3.0 folder (cameras as PNG
+    images), which LeRobot's own loader reads. ``task``: every episode's task text (null: the
+    recorded mode's name, e.g. "demonstration (left)")."""
+
+    input: str = "???"
+    output: str = "???"
+    fps: float = 10.0
+    task: str | None = None
