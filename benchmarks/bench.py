@@ -83,16 +83,21 @@ def _train(task: str, cfg: BenchRun, p: BenchPreset, seed: int, data: Path, work
     device, out = resolve_device(cfg.device), {}
     for model in p.models:
         clock.start(
-            f"{task}: seed {seed}: train {model}", f"({p.steps} steps of {p.batch_rows} rows)"
+            f"{task}: seed {seed}: train {model}",
+            f"({p.steps} steps of {p.batch_size} examples)"
+            if p.batch_size
+            else f"({p.steps} steps of {p.batch_rows} rows)",
         )
         args = work_train_overrides(data, model, p.network, p.steps, p.batch_rows, p.m, seed,
-                                    p.curve_points, device, cfg.progress, p.threads)  # fmt: skip
+                                    p.curve_points, device, cfg.progress, p.threads,
+                                    p.batch_size)  # fmt: skip
         if cfg.obs == "image" and p.crop_shape:
             args.append("policy.obs_encoder.crop_shape=" + str(list(p.crop_shape)))
         if p.num_workers:
             args.append(f"training.num_workers={p.num_workers}")
         meta = train_run(args, work / model)
-        keys = ("step", "train_wallclock_s", "peak_memory_mb", "network_params", "rows_per_step")
+        keys = ("step", "train_wallclock_s", "peak_memory_mb", "network_params", "rows_per_step",
+                "batch_size", "train_flops_per_step", "precision")  # fmt: skip
         out[model] = {k: meta.get(k) for k in keys}
         out[model]["step_ms"] = 1000 * meta["train_wallclock_s"] / max(1, meta["step"])
         out[model]["val_loss_still_falling"] = still_falling(work / model / "metrics.jsonl")
@@ -285,7 +290,8 @@ def _stages(tasks: list[str], cfg: BenchRun) -> dict[str, float]:
         stages[f"{t}: demonstrations"] = 0.5
         for seed in p.seeds:
             for model in p.models:
-                stages[f"{t}: seed {seed}: train {model}"] = p.steps * p.batch_rows / 256 * 0.3 / 60
+                rows = (p.batch_size or p.batch_rows) * (2 if p.batch_size else 1)
+                stages[f"{t}: seed {seed}: train {model}"] = p.steps * rows / 256 * 0.3 / 60
             for i in range(60 if p.samplers is None else len(p.samplers) + 6 * len(p.priors)):
                 stages[f"{t}: seed {seed}: test {i + 1}"] = 0.1
     return stages

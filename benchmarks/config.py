@@ -38,8 +38,10 @@ class BenchPreset:
 
     - ``tasks``: what ``task=all`` runs; ``task_settings``: per-task replacements of these
       fields (e.g. Push-T's steps, or its evaluation seeds ``eval_seed: 100000``).
-    - ``models`` (see :data:`MODELS`) share the UNet ``network``, ``steps`` and ``batch_rows``;
-      each is trained once per seed in ``seeds``.
+    - ``models`` (see :data:`MODELS`) share the UNet ``network`` and ``steps``, and either the
+      examples per step (``batch_size``: every model sees the same data; the compute per step of
+      each is counted in FLOPs and reported) or, with ``batch_size`` null, the network rows per
+      step (``batch_rows``); each is trained once per seed in ``seeds``.
     - ``samplers``: what to evaluate, as ``kind-steps[@option=value,...]`` strings (e.g.
       ``ddpm-100``, ``distributional-2@churn=1``); null runs the sweep: every NFE in ``nfe`` for
       DDPM/DDIM/conjugate (lambda tuned on ``val_episodes`` validation seeds over ``lambdas``)
@@ -57,6 +59,7 @@ class BenchPreset:
     network: str = "small"
     steps: int = 500
     batch_rows: int = 256
+    batch_size: int | None = None
     m: int = 8
     seeds: list[int] = field(default_factory=lambda: [0])
     models: list[str] = field(default_factory=lambda: ["ddpm", "distributional"])

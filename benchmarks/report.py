@@ -103,21 +103,31 @@ def write_legacy_report(result: dict[str, Any], stem: Path) -> None:
     print("\n" + "\n".join(md), file=sys.stderr)
 
 
+def _budget_text(p: Mapping[str, Any]) -> str:
+    if p.get("batch_size"):
+        return (f"every model {p['steps']} optimizer steps of {p['batch_size']} examples (the "
+                f"same data; distributional: m={p['m']} samples each; compute per step in "
+                "GFLOP below)")  # fmt: skip
+    return (f"every model {p['steps']} optimizer steps of {p['batch_rows']} network rows (equal "
+            f"steps are equal compute; distributional: {p['batch_rows'] // p['m']} examples x "
+            f"m={p['m']})")  # fmt: skip
+
+
 def _train_md(head: Mapping[str, Any]) -> list[str]:
     p = head["preset_settings"]
     lines = [
-        f"Training: every model {p['steps']} optimizer steps of {p['batch_rows']} network rows "
-        f"(equal steps are equal compute; distributional: {p['batch_rows'] // p['m']} examples x "
-        f"m={p['m']}), {p['network']} UNet, seeds {head['seeds']}.\n",
-        "| seed | model | steps | wall-clock (s) | ms/step | val loss in the last 25% |",
-        "|---|---|---|---|---|---|",
+        f"Training: {_budget_text(p)}, {p['network']} UNet, seeds {head['seeds']}.\n",
+        "| seed | model | steps | GFLOP/step | wall-clock (s) | ms/step | val loss, last 25% |",
+        "|---|---|---|---|---|---|---|",
     ]
     for seed, models in head["train"].items():
         for model, t in models.items():
             fall = t.get("val_loss_still_falling")
             state = f"still falling ({fall:.0%})" if fall else "flat (within 5%)"
-            lines.append(f"| {seed} | {model} | {t['step']} | {t['train_wallclock_s']:.0f} | "
-                         f"{t['step_ms']:.0f} | {state} |")  # fmt: skip
+            flops = t.get("train_flops_per_step")
+            gf = f"{flops / 1e9:.0f}" if flops else "-"
+            lines.append(f"| {seed} | {model} | {t['step']} | {gf} | {t['train_wallclock_s']:.0f} "
+                         f"| {t['step_ms']:.0f} | {state} |")  # fmt: skip
     return lines
 
 
@@ -232,7 +242,8 @@ def write_report(result: dict[str, Any], stem: Path, work_dir: str | None = None
     write_json_atomic(stem.with_suffix(".json"), result)
     n_test = head["test_seeds"][1] - head["test_seeds"][0] + 1
     p = head["preset_settings"]
-    title = (f"{head['task']} ({head['obs']}): {p['steps']} steps x {p['batch_rows']} rows per "
+    per_step = f"{p['batch_size']} examples" if p.get("batch_size") else f"{p['batch_rows']} rows"
+    title = (f"{head['task']} ({head['obs']}): {p['steps']} steps x {per_step} per "
              f"model, {len(head['seeds'])} seed(s), {n_test} test episodes")  # fmt: skip
     plot_results(summary, stem.with_suffix(".png"), title)
     conv = plot_convergence(result, stem)

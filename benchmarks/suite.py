@@ -36,17 +36,23 @@ def work_train_overrides(
     device: Any = "auto",
     progress: bool = True,
     threads: int | None = None,
+    batch_size: int | None = None,
 ) -> list[str]:
-    """``dpd train`` overrides for one model of a comparison. Every model gets the same work:
-    ``steps`` optimizer steps of ``batch_rows`` network rows (``loss.m`` rows per example for a
-    distributional model), so equal steps are equal compute. ``keep`` > 0 keeps that many
-    checkpoints along the run (for the convergence curve)."""
+    """``dpd train`` overrides for one model of a comparison. Every model gets ``steps``
+    optimizer steps of either the same examples (``batch_size``; each model's compute per step
+    is then counted in FLOPs and reported) or, with ``batch_size`` None, the same network rows
+    (``batch_rows``; ``loss.m`` rows per example for a distributional model whose noise enters
+    at the input). ``keep`` > 0 keeps that many checkpoints along the run (for the convergence
+    curve)."""
+    budget = (
+        f"training.batch_size={batch_size}" if batch_size else f"training.batch_rows={batch_rows}"
+    )
     out = [
         f"dataset.path={data}",
         f"policy={POLICY_PRESETS[model]}",
         f"network={network}",
         f"training.steps={steps}",
-        f"training.batch_rows={batch_rows}",
+        budget,
         f"training.val_every={max(1, steps // 20)}",
         f"training.log_every={max(1, steps // 50)}",
         f"training.checkpoint_every={max(1, steps // max(keep, 1))}",
