@@ -1,12 +1,17 @@
-"""Training cost of the energy loss (m = 4, 8, 16) against MSE at the same batch size.
+"""Training cost of the energy loss against MSE at the same number of examples per step: with
+the noise at the network's input (m = 4, 8, 16 whole passes per example) and with late noise
+injection (one trunk pass and m heads per example, ``policy.noise_injection=late``), in fp32
+and under bf16 autocast.
 
-For each UNet size (small, dp) and each loss, one training step (forward, backward, AdamW) is
-timed on a synthetic batch, and the peak memory of the step is recorded (CUDA allocator peak on
-a GPU; on a CPU the growth of the process's peak resident set, measured in a fresh subprocess
-per configuration so earlier configurations cannot hide it). Configurations are interleaved over
-several rounds, so the reported ratios come from measurements taken side by side in one run.
+For each UNet size (small, dp) and each configuration, one training step (forward, backward,
+AdamW) is timed on a synthetic batch, its FLOPs are counted (matrix products and convolutions,
+forward and backward, by torch), and the peak memory of the step is recorded (CUDA allocator
+peak on a GPU; on a CPU the growth of the process's peak resident set, measured in a fresh
+subprocess per configuration so earlier configurations cannot hide it). Configurations are
+interleaved over several rounds, so the reported ratios come from measurements taken side by
+side in one run.
 
-    python benchmarks/train_cost.py                # CPU defaults (small batches)
+    python benchmarks/train_cost.py --networks small --batch-small 256 --threads 1
     python benchmarks/train_cost.py --device cuda --batch-small 256 --batch-dp 256
 
 Writes ``benchmarks/results/train_cost.{json,md}`` with the command that produced them.
@@ -24,11 +29,17 @@ import sys
 import time
 from pathlib import Path
 
+LATE = {"kind": "distributional", "noise_injection": "late"}
 LOSSES = {
     "mse": {"kind": "mean", "loss": {"kind": "mse"}},
+    "mse bf16": {"kind": "mean", "loss": {"kind": "mse"}, "precision": "bf16"},
     "energy_m4": {"kind": "distributional", "loss": {"kind": "energy", "m": 4}},
     "energy_m8": {"kind": "distributional", "loss": {"kind": "energy", "m": 8}},
     "energy_m16": {"kind": "distributional", "loss": {"kind": "energy", "m": 16}},
+    "energy_m4 late": {**LATE, "loss": {"kind": "energy", "m": 4}},
+    "energy_m8 late": {**LATE, "loss": {"kind": "energy", "m": 8}},
+    "energy_m16 late": {**LATE, "loss": {"kind": "energy", "m": 16}},
+    "energy_m8 late bf16": {**LATE, "loss": {"kind": "energy", "m": 8}, "precision": "bf16"},
 }
 NETWORKS = {
     "small": {"down_dims": [64, 128, 256], "time_embed_dim": 128},
@@ -53,6 +64,7 @@ def worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])
     cfg = dict(LOSSES[spec["loss"]])
+    precision = cfg.pop("precision", "fp32")
     cfg["network"] = NETWORKS[spec["network"]]
     sm = {"obs": {"state": {"shape": [OBS_DIM], "type": "low_dim"}}, "action": {"shape": [DA]}}
     pol = DiffusionPolicy(cfg, sm, Window(H, TO, 8))
@@ -69,8 +81,14 @@ def worker(spec: dict) -> dict:
         "action_is_pad": torch.zeros(B, H, dtype=torch.bool, device=dev),
     }
 
+    from diffusion_policy_dist.precision import autocast
+    from diffusion_policy_dist.training.cost import train_step_flops
+
+    flops = train_step_flops(pol, batch, precision)
+
     def step():
-        loss, _ = pol(batch)
+        with autocast(precision, dev):
+            loss, _ = pol(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -94,6 +112,7 @@ def worker(spec: dict) -> dict:
         "peak_rss_mb": _rss_mb(),
         "base_rss_mb": base_mb,
         "params": sum(p.numel() for p in pol.net.parameters()),
+        "flops": flops,
     }
     if dev.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -143,6 +162,7 @@ def _rows(runs: dict, args) -> list[dict]:
                 "loss": loss,
                 "batch": args.batch_small if net == "small" else args.batch_dp,
                 "params": rs[0]["params"],
+                "gflop": rs[0]["flops"] / 1e9,
                 "step_ms_median": statistics.median(t for x in rs for t in x["step_ms"]),
                 "step_mem_mb": mem,
                 "peak_mem_mb": statistics.median(
@@ -153,6 +173,7 @@ def _rows(runs: dict, args) -> list[dict]:
     for row in rows:
         ref = next(x for x in rows if x["network"] == row["network"] and x["loss"] == "mse")
         row["time_ratio_vs_mse"] = row["step_ms_median"] / ref["step_ms_median"]
+        row["flop_ratio_vs_mse"] = row["gflop"] / ref["gflop"]
         row["peak_mem_ratio_vs_mse"] = row["peak_mem_mb"] / ref["peak_mem_mb"]
     return rows
 
@@ -163,19 +184,22 @@ def _markdown(rows: list[dict], header: dict) -> list[str]:
         f"Command: `{header['command']}`  ",
         f"Date: {header['date']}, device: {header['device']}, machine: {header['machine']}, "
         f"commit `{header['git_commit']}`\n",
-        "| network | params | batch | loss | step (ms, median) | time / MSE | peak mem (MB) "
-        "| peak mem / MSE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| network | params | examples | loss | GFLOP | FLOP / MSE | step (ms, median) "
+        "| time / MSE | peak mem (MB) | peak mem / MSE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(
             f"| {r['network']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['loss']} | "
-            f"{r['step_ms_median']:.0f} | {r['time_ratio_vs_mse']:.2f}x | {r['peak_mem_mb']:.0f} | "
+            f"{r['gflop']:.1f} | {r['flop_ratio_vs_mse']:.2f}x | {r['step_ms_median']:.0f} | "
+            f"{r['time_ratio_vs_mse']:.2f}x | {r['peak_mem_mb']:.0f} | "
             f"{r['peak_mem_ratio_vs_mse']:.2f}x |"
         )
     md.append(
-        f"\n{header['memory_note']}. The energy loss runs the UNet on batch x m rows (the "
-        "observation encoder runs once per example), so its cost grows roughly linearly in m."
+        f"\n{header['memory_note']}. With the noise at the input the energy loss runs the whole "
+        "UNet on batch x m rows (the observation encoder once per example), so its cost grows "
+        "linearly in m; with late injection only the last decoder level and the head run m "
+        "times. bf16: the forward pass under bfloat16 autocast (FLOPs are counted alike)."
     )
     return md
 
