@@ -65,16 +65,23 @@ def main(argv: list[str] | None = None) -> dict:
               "cameras": folder.cameras, "fps": folder.fps}  # fmt: skip
     out = Path(a.out)
     write_json_atomic(out / "lerobot_loader.json", result)
+    md = markdown(result, a.batch, a.rounds)
+    (out / "lerobot_loader.md").write_text(md)
+    print(md)
+    return result
+
+
+def markdown(result: dict, batch: int, rounds: int) -> str:
+    h, rows = result["header"], result["rows"]
     ratio = rows[1]["windows_per_s"] / rows[0]["windows_per_s"]
     md = [
         "# Training from a LeRobot video dataset vs from zarr\n",
-        f"Command: `{command}`  ",
-        f"Commit `{result['header']['git_commit']}`, {result['header']['date']}, "
-        f"{result['header']['machine']}\n",
-        f"Decoding the folder once ({frames} frames, camera(s) {folder.cameras}, AV1): "
-        f"{decode_s:.1f} s, {frames / decode_s:.0f} frames/s.\n",
-        f"Training windows/s through the trainer's loader (batch {a.batch}, 0 workers, best of "
-        f"{a.rounds} interleaved rounds):\n",
+        f"Command: `{h['command']}`  ",
+        f"Commit `{h['git_commit']}`, {h['date']}, {h['machine']}\n",
+        f"Decoding the folder once ({result['frames']} frames, camera(s) {result['cameras']}, "
+        f"AV1): {result['decode_s']:.1f} s, {result['decode_frames_per_s']:.0f} frames/s.\n",
+        f"Training windows/s through the trainer's loader (batch {batch}, 0 workers, best of "
+        f"{rounds} interleaved rounds):\n",
         "| source | windows/s |",
         "|---|---|",
         *[f"| {r['source']} | {r['windows_per_s']:.0f} |" for r in rows],
@@ -82,9 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"LeRobot / zarr: {ratio:.2f}x.",
         "",
     ]
-    (out / "lerobot_loader.md").write_text("\n".join(md))
-    print("\n".join(md))
-    return result
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

@@ -52,19 +52,15 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def worker(spec: dict) -> dict:
-    """Time ``steps`` training steps of one configuration in this (fresh) process."""
+def _setup(spec: dict, dev):
+    """The policy of one configuration and a synthetic batch of ``spec["batch"]`` examples."""
     import numpy as np
     import torch
 
     from diffusion_policy_dist.policy import DiffusionPolicy, Window
 
-    torch.manual_seed(0)
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    dev = torch.device(spec["device"])
     cfg = dict(LOSSES[spec["loss"]])
-    precision = cfg.pop("precision", "fp32")
+    cfg.pop("precision", None)
     cfg["network"] = NETWORKS[spec["network"]]
     sm = {"obs": {"state": {"shape": [OBS_DIM], "type": "low_dim"}}, "action": {"shape": [DA]}}
     pol = DiffusionPolicy(cfg, sm, Window(H, TO, 8))
@@ -72,18 +68,29 @@ def worker(spec: dict) -> dict:
     pol.normalizer.fit(
         {"state": rng.normal(size=(100, OBS_DIM)), "action": rng.normal(size=(100, DA))}
     )
-    pol.to(dev).train()
-    opt = torch.optim.AdamW(pol.parameters(), lr=1e-4)
     B = spec["batch"]
     batch = {
         "obs": {"state": torch.randn(B, TO, OBS_DIM, device=dev)},
         "action": torch.randn(B, H, DA, device=dev),
         "action_is_pad": torch.zeros(B, H, dtype=torch.bool, device=dev),
     }
+    return pol.to(dev).train(), batch
+
+
+def worker(spec: dict) -> dict:
+    """Time ``steps`` training steps of one configuration in this (fresh) process."""
+    import torch
 
     from diffusion_policy_dist.precision import autocast
     from diffusion_policy_dist.training.cost import train_step_flops
 
+    torch.manual_seed(0)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    dev = torch.device(spec["device"])
+    precision = LOSSES[spec["loss"]].get("precision", "fp32")
+    pol, batch = _setup(spec, dev)
+    opt = torch.optim.AdamW(pol.parameters(), lr=1e-4)
     flops = train_step_flops(pol, batch, precision)
 
     def step():

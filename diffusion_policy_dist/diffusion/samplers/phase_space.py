@@ -291,10 +291,12 @@ class _Run:
     opts: dict[str, Any]
 
 
+@dataclass
 class PhaseSpaceSampler(SamplerConfig):
     """A sampler of phase-space diffusion: its step function ``rule`` with this method's options
     (fields, plus the fixed ones in ``fixed``)."""
 
+    steps: int = 10
     families = ("phase_space",)
     fixed: ClassVar[dict[str, Any]] = {}
 
@@ -355,7 +357,6 @@ def _check_extrapolate(value: Any) -> None:
 @dataclass
 class EMSampler(PhaseSpaceSampler):
     kind: str = "em"
-    steps: int = 10
     rule = staticmethod(_step_em)
 
 
@@ -363,7 +364,6 @@ class EMSampler(PhaseSpaceSampler):
 @dataclass
 class SSCSSampler(PhaseSpaceSampler):
     kind: str = "sscs"
-    steps: int = 10
     rule = staticmethod(_step_sscs)
 
 
@@ -371,7 +371,6 @@ class SSCSSampler(PhaseSpaceSampler):
 @dataclass
 class EulerSampler(PhaseSpaceSampler):
     kind: str = "euler"
-    steps: int = 10
     rule = staticmethod(_step_euler)
 
 
@@ -379,7 +378,6 @@ class EulerSampler(PhaseSpaceSampler):
 @dataclass
 class NaiveSESampler(PhaseSpaceSampler):
     kind: str = "naive_se"
-    steps: int = 10
     rule = staticmethod(_step_se)
     fixed: ClassVar[dict[str, Any]] = {"naive": True}
     nfe_per_step = 2
@@ -389,7 +387,6 @@ class NaiveSESampler(PhaseSpaceSampler):
 @dataclass
 class ReducedSESampler(PhaseSpaceSampler):
     kind: str = "reduced_se"
-    steps: int = 10
     rule = staticmethod(_step_se)
     fixed: ClassVar[dict[str, Any]] = {"naive": False}
 
@@ -398,7 +395,6 @@ class ReducedSESampler(PhaseSpaceSampler):
 @dataclass
 class NaiveVVSampler(PhaseSpaceSampler):
     kind: str = "naive_vv"
-    steps: int = 10
     rule = staticmethod(_step_vv)
     fixed: ClassVar[dict[str, Any]] = {"naive": True, "extrapolate": False}
     nfe_per_step = 3
@@ -408,7 +404,6 @@ class NaiveVVSampler(PhaseSpaceSampler):
 @dataclass
 class ReducedVVSampler(PhaseSpaceSampler):
     kind: str = "reduced_vv"
-    steps: int = 10
     extrapolate: bool = True
     rule = staticmethod(_step_vv)
     fixed: ClassVar[dict[str, Any]] = {"naive": False}
@@ -422,7 +417,6 @@ class ReducedVVSampler(PhaseSpaceSampler):
 @dataclass
 class ReducedOBASampler(PhaseSpaceSampler):
     kind: str = "reduced_oba"
-    steps: int = 10
     rule = staticmethod(_step_oba)
 
 
@@ -430,7 +424,6 @@ class ReducedOBASampler(PhaseSpaceSampler):
 @dataclass
 class LambdaDDIMSampler(_Conjugate):
     kind: str = "lambda_ddim"
-    steps: int = 10
     lam: float = 0.0
     quad_points: int = 129
     rule = staticmethod(_step_lambda_ddim)
@@ -444,7 +437,6 @@ class LambdaDDIMSampler(_Conjugate):
 @dataclass
 class ConjugateSESampler(_Conjugate):
     kind: str = "conjugate_se"
-    steps: int = 10
     lam: float = 0.0
     quad_points: int = 129
     rule = staticmethod(_step_conj_se)
@@ -454,7 +446,6 @@ class ConjugateSESampler(_Conjugate):
 @dataclass
 class ConjugateVVSampler(_Conjugate):
     kind: str = "conjugate_vv"
-    steps: int = 10
     lam: float = 0.0
     quad_points: int = 129
     extrapolate: bool = True
