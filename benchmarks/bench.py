@@ -32,6 +32,7 @@ from diffusion_policy_dist.benchmarks.suite import (
     result_row,
     results_header,
     still_falling,
+    train_many,
     train_run,
     work_train_overrides,
 )
@@ -88,20 +89,35 @@ def _train(task: str, cfg: BenchRun, p: BenchPreset, seed: int, data: Path, work
             if p.batch_size
             else f"({p.steps} steps of {p.batch_rows} rows)",
         )
-        args = work_train_overrides(data, model, p.network, p.steps, p.batch_rows, p.m, seed,
-                                    p.curve_points, device, cfg.progress, p.threads,
-                                    p.batch_size)  # fmt: skip
-        if cfg.obs == "image" and p.crop_shape:
-            args.append("policy.obs_encoder.crop_shape=" + str(list(p.crop_shape)))
-        if p.num_workers:
-            args.append(f"training.num_workers={p.num_workers}")
-        meta = train_run(args, work / model)
+        meta = train_run(_train_args(cfg, p, seed, data, model, device), work / model)
         keys = ("step", "train_wallclock_s", "peak_memory_mb", "network_params", "rows_per_step",
                 "batch_size", "train_flops_per_step", "precision")  # fmt: skip
         out[model] = {k: meta.get(k) for k in keys}
         out[model]["step_ms"] = 1000 * meta["train_wallclock_s"] / max(1, meta["step"])
         out[model]["val_loss_still_falling"] = still_falling(work / model / "metrics.jsonl")
     return out
+
+
+def _train_args(cfg: BenchRun, p: BenchPreset, seed: int, data: Path, model: str, device):
+    args = work_train_overrides(data, model, p.network, p.steps, p.batch_rows, p.m, seed,
+                                p.curve_points, device, cfg.progress, p.threads,
+                                p.batch_size)  # fmt: skip
+    if cfg.obs == "image" and p.crop_shape:
+        args.append("policy.obs_encoder.crop_shape=" + str(list(p.crop_shape)))
+    if p.num_workers:
+        args.append(f"training.num_workers={p.num_workers}")
+    if p.precision != "fp32":
+        args.append(f"training.precision={p.precision}")
+    return args
+
+
+def _train_all(task: str, cfg: BenchRun, p: BenchPreset, base: Path, data: Path, clock) -> None:
+    """Every (seed, model) training, ``cfg.jobs`` at a time (then each is reused)."""
+    runs = [(s, m) for s in p.seeds for m in p.models]
+    clock.start(f"{task}: train {len(runs)} runs, {cfg.jobs} at a time")
+    device = resolve_device(cfg.device)
+    train_many(cfg.jobs, [(_train_args(cfg, p, s, data, m, device), base / f"seed{s}" / m)
+                          for s, m in runs], quiet=True)  # fmt: skip
 
 
 def _eval_cfg(p: BenchPreset, episodes: int, seed: int, progress: bool, latency: bool, dev):
@@ -249,6 +265,8 @@ def bench_task(task: str, cfg: BenchRun, p: BenchPreset, clock: StageClock, head
     if p.realtime is not None:
         return _realtime_task(task, cfg, p, clock, head, base, data)
     rows, train, curves, tuning, source = [], {}, [], {}, None
+    if cfg.jobs > 1:
+        _train_all(task, cfg, p, base, data, clock)
     for seed in p.seeds:
         work = base / f"seed{seed}"
         train[str(seed)] = _train(task, cfg, p, seed, data, work, clock)

@@ -60,6 +60,7 @@ class BenchPreset:
     steps: int = 500
     batch_rows: int = 256
     batch_size: int | None = None
+    precision: str = "fp32"
     m: int = 8
     seeds: list[int] = field(default_factory=lambda: [0])
     models: list[str] = field(default_factory=lambda: ["ddpm", "distributional"])
@@ -102,7 +103,9 @@ class BenchRun:
     """``dpd bench``: ``task`` (all: the preset's tasks, one, or a comma list), ``preset``,
     ``obs`` (state | image), where results go (``output_dir``; a preset other than quick writes
     under ``output_dir/<preset>``) and where datasets and checkpoints are kept (reused by a
-    re-run). ``report_only``: rewrite tables and plots from the stored results."""
+    re-run). ``jobs``: trainings at once, each in its own process (give each a torch thread
+    with the preset's ``threads`` on a CPU; on one GPU they share it). ``report_only``: rewrite
+    tables and plots from the stored results."""
 
     task: str = "all"
     preset: str = "quick"
@@ -111,6 +114,7 @@ class BenchRun:
     work_dir: str = "outputs/bench"
     device: str = "auto"
     workers: int = 2
+    jobs: int = 1
     progress: bool = True
     report_only: bool = False
     presets: dict[str, BenchPreset] = field(default_factory=dict)

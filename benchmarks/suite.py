@@ -5,11 +5,12 @@ samplers with one set of env workers, and report tables and plots.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,23 +103,33 @@ class TrainingStopped(RuntimeError):
         self.signum = signum
 
 
-def _forward_signals(proc: subprocess.Popen, received: list[int]):
-    """Install SIGTERM/SIGINT handlers that pass each signal on to ``proc`` (in its own
-    session, so a terminal's Ctrl-C reaches it only this way, once per press); returns the old
-    handlers (none when not on the main thread)."""
+_CHILDREN: set[subprocess.Popen] = set()  # trainings running now (any thread's)
+
+
+@contextlib.contextmanager
+def forwarding_signals() -> Iterator[list[int]]:
+    """In the main thread: SIGTERM/SIGINT go on to every running training (each in its own
+    session, so a terminal's Ctrl-C reaches it only this way, once per press); yields the list
+    of signals received. Elsewhere (a worker thread) it does nothing: the main thread forwards."""
     import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
 
     def forward(signum, frame):
         received.append(signum)
-        proc.send_signal(signum)
+        for proc in list(_CHILDREN):
+            proc.send_signal(signum)
 
-    old = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old[sig] = signal.signal(sig, forward)
-        except ValueError:  # not the main thread: the caller handles signals
-            break
-    return old
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def flatten_step(points: Sequence[tuple[int, float]], episodes: int) -> int | None:
@@ -148,8 +159,6 @@ def train_run(
     to the training, which saves a checkpoint; then :class:`TrainingStopped` is raised (no
     orphaned training is left behind).
     """
-    import signal
-
     cmd = [
         sys.executable,
         "-m",
@@ -161,21 +170,33 @@ def train_run(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = subprocess.DEVNULL if quiet else None
     err = subprocess.PIPE if quiet else None
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True,
-                            start_new_session=True)  # fmt: skip
-    received: list[int] = []
-    old = _forward_signals(proc, received)
-    try:
-        _, stderr = proc.communicate()
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    if received:
-        raise TrainingStopped(received[0], output_dir)
+    with forwarding_signals() as received:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True,
+                                start_new_session=True)  # fmt: skip
+        _CHILDREN.add(proc)
+        try:
+            _, stderr = proc.communicate()
+        finally:
+            _CHILDREN.discard(proc)
+    if received or proc.returncode in (130, 143):  # a signal stopped it (here or forwarded)
+        raise TrainingStopped(received[0] if received else proc.returncode - 128, output_dir)
     if proc.returncode != 0:
         tail = (stderr or "")[-2000:] if quiet else ""
         raise RuntimeError(f"training failed ({' '.join(cmd)}):\n{tail}")
     return read_meta(output_dir)
+
+
+def train_many(jobs: int, runs: Sequence[tuple[Sequence[str], str | Path]], quiet=False) -> list:
+    """:func:`train_run` for each ``(overrides, output_dir)``, ``jobs`` at a time (each its own
+    process; give them a torch thread each); a signal reaches every running training."""
+    import concurrent.futures as cf
+
+    with forwarding_signals() as received, cf.ThreadPoolExecutor(max(1, jobs)) as ex:
+        futures = [ex.submit(train_run, o, d, quiet) for o, d in runs]
+        results = [f.result() for f in futures]
+    if received:
+        raise TrainingStopped(received[0], "the benchmark's work folder")
+    return results
 
 
 def method_name(sampler: Mapping[str, Any]) -> str:

@@ -47,7 +47,7 @@ def test_a_miniature_bench_runs_every_stage(tmp_path, capsys):
     p = "presets.quick"
     args = [
         "bench", "task=obstacle_avoid", f"output_dir={tmp_path / 'results'}",
-        f"work_dir={tmp_path / 'work'}", "workers=1", "progress=false",
+        f"work_dir={tmp_path / 'work'}", "workers=1", "progress=false", "jobs=2",
         f"{p}.demos=4", f"{p}.network=tiny", f"{p}.steps=8", f"{p}.batch_rows=32", f"{p}.m=4",
         f"{p}.seeds=[0,1]", f"{p}.models=[ddpm,distributional,psld_mean]",
         f"{p}.samplers=[ddpm-3,distributional-1,reduced_vv-2]", f"{p}.test_episodes=2",
