@@ -117,9 +117,13 @@ def test_refusals_name_the_reason(tmp_path):
     assert not (tmp_path / "x.onnx.tmp").exists()
 
 
-def test_bad_files_are_refused_clearly(tmp_path):
+def test_bad_files_are_refused_clearly(tmp_path, capsys):
+    from diffusion_policy_dist.cli.main import main
+
     pol = policy()
     export_onnx(pol, tmp_path / "p.onnx")
+    assert main(["info", f"path={tmp_path / 'p.onnx'}"]) == 0
+    assert '"format": "diffusion_policy_dist.onnx/1"' in capsys.readouterr().out
     data = (tmp_path / "p.onnx").read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(ExportFileError, match=r"cut.onnx is not a readable ONNX model"):

@@ -147,6 +147,11 @@ def _lerobot_info(path: str) -> int:
 def info(cfg: InfoRun) -> int:
     from ..data.lerobot import is_lerobot
 
+    if cfg.path.endswith(".onnx"):  # an exported policy: its metadata (checked on loading)
+        from ..runtime import OnnxPolicy
+
+        print(json.dumps(OnnxPolicy(cfg.path).meta, indent=1))
+        return 0
     if is_lerobot(cfg.path):
         return _lerobot_info(cfg.path)
     if _is_dataset(cfg.path):

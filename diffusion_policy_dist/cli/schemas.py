@@ -61,7 +61,7 @@ class CollectRun:
 
 @dataclass
 class InfoRun:
-    """``dpd info path=<checkpoint or dataset>``."""
+    """``dpd info path=<checkpoint, zarr dataset, LeRobot folder or exported .onnx policy>``."""
 
     path: str = "???"
 
