@@ -265,8 +265,10 @@ def bench_task(task: str, cfg: BenchRun, p: BenchPreset, clock: StageClock, head
     if p.realtime is not None:
         return _realtime_task(task, cfg, p, clock, head, base, data)
     rows, train, curves, tuning, source = [], {}, [], {}, None
-    if cfg.jobs > 1:
+    if cfg.jobs > 1 or cfg.train_only:
         _train_all(task, cfg, p, base, data, clock)
+    if cfg.train_only:
+        return {"trained": [str(base / f"seed{s}" / m) for s in p.seeds for m in p.models]}
     for seed in p.seeds:
         work = base / f"seed{seed}"
         train[str(seed)] = _train(task, cfg, p, seed, data, work, clock)

@@ -105,7 +105,8 @@ class BenchRun:
     under ``output_dir/<preset>``) and where datasets and checkpoints are kept (reused by a
     re-run). ``jobs``: trainings at once, each in its own process (give each a torch thread
     with the preset's ``threads`` on a CPU; on one GPU they share it). ``report_only``: rewrite
-    tables and plots from the stored results."""
+    tables and plots from the stored results. ``train_only``: train (or finish) every run and
+    stop; a later run without it evaluates them."""
 
     task: str = "all"
     preset: str = "quick"
@@ -117,6 +118,7 @@ class BenchRun:
     jobs: int = 1
     progress: bool = True
     report_only: bool = False
+    train_only: bool = False
     presets: dict[str, BenchPreset] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
