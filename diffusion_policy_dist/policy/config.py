@@ -109,6 +109,10 @@ class PriorConfig:
             raise ValueError("policy.prior.components and policy.prior.hidden must be >= 1")
 
 
+#: options that only a distributional model uses (its noise input)
+NOISE_OPTIONS = ("noise_injection", "noise_dim", "noise_levels")
+
+
 @dataclass
 class PolicyOptions:
     """The ``policy`` config group. ``kind``: the denoiser (``mean``: predicts eps/x0/v, trained
@@ -124,7 +128,7 @@ class PolicyOptions:
 
     kind: str = "distributional"
     prediction: str = "epsilon"
-    noise_injection: str = "concat"
+    noise_injection: str = "late"
     noise_dim: int | None = None
     noise_levels: int = 1
     normalizer: str = "limits"

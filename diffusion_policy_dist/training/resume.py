@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..policy.config import policy_config, to_dict
+from ..policy.config import NOISE_OPTIONS, policy_config, to_dict
 from .checkpoint import CheckpointError
 
 #: training settings that shaped the optimizer state or the data order (never changed on resume)
@@ -68,14 +68,18 @@ def new_total(path: Path, asked: int, total: int, step: int, budgeted: bool) -> 
 
 def same(key: str, ours: Any, theirs: Any) -> bool:
     """Whether a checkpoint's ``key`` matches this run's. A policy is compared with the fields
-    a later version added filled with their defaults, and without its default sampler (an
-    inference choice that ``dpd tune`` may have changed)."""
+    a later version added filled with their defaults, without its default sampler (an
+    inference choice that ``dpd tune`` may have changed) and, for a mean model, without the
+    distributional model's noise options (they build nothing; their defaults may change)."""
     if key == "policy":
-        ours, theirs = (
-            {k: v for k, v in to_dict(policy_config(p)).items() if k != "sampler"}
-            for p in (ours, theirs)
-        )
+        ours, theirs = (_shaping(to_dict(policy_config(p))) for p in (ours, theirs))
     return canon(ours) == canon(theirs)
+
+
+def _shaping(policy: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a policy config that shape its weights or its training."""
+    unused = {"sampler"} | (set(NOISE_OPTIONS) if policy["kind"] == "mean" else set())
+    return {k: v for k, v in policy.items() if k not in unused}
 
 
 def canon(x: Any) -> str:

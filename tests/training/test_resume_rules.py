@@ -97,3 +97,29 @@ def test_resume_accepts_an_older_policy_record_and_a_tuned_sampler(bimodal_zarr,
     assert train_from_config(fast_cfg(bimodal_zarr, run, "training.steps=20"))["step"] == 20
     with pytest.raises(CheckpointError, match="its policy differs"):
         train_from_config(fast_cfg(bimodal_zarr, run, "training.steps=30", "policy.prefix_steps=2"))
+
+
+def test_noise_options_matter_to_a_distributional_model_only():
+    from diffusion_policy_dist.policy.config import PolicyConfig, to_dict
+    from diffusion_policy_dist.training.resume import same
+
+    def policy(**kw):
+        return to_dict(PolicyConfig(**kw))
+
+    mean = {"kind": "mean", "loss": _mse(), "sampler": _ddpm()}
+    assert same("policy", policy(**mean, noise_injection="late"), policy(**mean))
+    assert same("policy", policy(**mean, noise_injection="concat"), policy(**mean))
+    assert not same("policy", policy(noise_injection="concat"), policy(noise_injection="late"))
+    assert not same("policy", policy(**{**mean, "prediction": "v"}), policy(**mean))
+
+
+def _mse():
+    from diffusion_policy_dist.diffusion.losses import MSELoss
+
+    return MSELoss()
+
+
+def _ddpm():
+    from diffusion_policy_dist.diffusion.samplers.loop import sampler_config
+
+    return sampler_config("ddpm", steps=100)
