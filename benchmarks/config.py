@@ -1,9 +1,10 @@
 """Schemas of ``dpd bench`` and ``dpd demo``; their presets are in ``configs/bench.yaml`` and
 ``configs/demo.yaml``.
 
-Every budget is work, never wall-clock: each model trains for ``steps`` optimizer steps of
-``batch_rows`` network rows (a distributional model's batch is ``batch_rows / m`` examples of
-``m`` generator samples), so equal steps are equal compute, whatever the machine's load.
+Every budget is work, never wall-clock: each model trains for ``steps`` optimizer steps of the
+same ``batch_size`` examples (every model sees the same data; each one's FLOPs per step are
+counted and reported: the distributional model's m = 4 samples with late noise injection cost
+1.3x a DDPM step), or, with ``batch_size`` null, of ``batch_rows`` network rows.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ class BenchPreset:
     network: str = "small"
     steps: int = 500
     batch_rows: int = 256
-    batch_size: int | None = None
+    batch_size: int | None = 256
     precision: str = "fp32"
-    m: int = 8
+    m: int = 4
     seeds: list[int] = field(default_factory=lambda: [0])
     models: list[str] = field(default_factory=lambda: ["ddpm", "distributional"])
     samplers: list[str] | None = None
@@ -92,7 +93,7 @@ class BenchPreset:
         bad = [m for m in self.models if m not in MODELS]
         if bad:
             raise ValueError(f"bench models {bad} unknown; choose from {list(MODELS)}")
-        if self.batch_rows % self.m:
+        if self.batch_size is None and self.batch_rows % self.m:
             raise ValueError(f"batch_rows={self.batch_rows} must be a multiple of m={self.m}")
         if self.steps < 1 or not self.seeds:
             raise ValueError("a preset needs steps >= 1 and at least one seed")
@@ -127,17 +128,17 @@ class BenchRun:
 
 @dataclass
 class DemoRun:
-    """``dpd demo``: collect, train the distributional policy and the DDPM baseline with the
-    same work (``steps`` of ``batch_rows`` network rows), evaluate distributional-1/2 against
-    DDPM-100 and DDIM-1, plot and film, on one task. ``curve_points`` checkpoints along each
-    run are rolled out on ``curve_episodes`` validation seeds: the verdict says whether
-    validation success had settled."""
+    """``dpd demo``: collect, train the distributional policy and the DDPM baseline on the same
+    data (``steps`` of ``batch_size`` examples; the FLOPs each costs are reported), evaluate
+    distributional-1/2 against DDPM-100 and DDIM-1, plot and film, on one task.
+    ``curve_points`` checkpoints along each run are rolled out on ``curve_episodes`` validation
+    seeds: the verdict says whether validation success had settled."""
 
     task: str = "obstacle_avoid"
     demos: int = 100
-    steps: int = 1200
-    batch_rows: int = 256
-    m: int = 8
+    steps: int = 800
+    batch_size: int = 256
+    m: int = 4
     network: str = "small"
     episodes: int = 50
     curve_points: int = 4

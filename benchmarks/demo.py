@@ -1,7 +1,7 @@
 """``dpd demo``: a small bench on one task, with videos and a verdict it can stand behind.
 
-Collects demonstrations, trains the distributional policy and the DDPM baseline with the same
-work (``steps`` of ``batch_rows`` network rows), evaluates distributional-1/2 against DDPM-100
+Collects demonstrations, trains the distributional policy and the DDPM baseline on the same data
+(``steps`` of ``batch_size`` examples), evaluates distributional-1/2 against DDPM-100
 and DDIM-1, writes a table, a plot and videos, and states the speed-up with its caveat: whether
 each model's validation success had stopped moving over its last checkpoints (what the
 comparison is about; a diffusion model's validation loss keeps falling long after that).
@@ -95,11 +95,11 @@ def verdict(rows: list[dict], train: dict, curves: list[dict], episodes: int) ->
 def run(cfg: DemoRun, command: str | None = None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     preset = BenchPreset(tasks=[cfg.task], demos=cfg.demos, network=cfg.network, steps=cfg.steps,
-                         batch_rows=cfg.batch_rows, m=cfg.m, threads=cfg.threads,
+                         batch_size=cfg.batch_size, m=cfg.m, threads=cfg.threads,
                          curve_points=cfg.curve_points,
                          curve_episodes=cfg.curve_episodes)  # fmt: skip
     bench = BenchRun(device=cfg.device, workers=cfg.workers, progress=cfg.progress)
-    minutes = preset.steps * preset.batch_rows / 256 * 0.3 / 60
+    minutes = preset.steps * preset.batch_size / 256 * 0.45 / 60
     stages = {"demos": 0.5, "evaluate": 2.0}
     stages |= {f"{cfg.task}: seed 0: train {m}": minutes for m in ("ddpm", "distributional")}
     clock = StageClock(stages)
@@ -114,7 +114,8 @@ def run(cfg: DemoRun, command: str | None = None) -> dict[str, Any]:
     rows, demo_modes = _evaluate(cfg, out, out)
     table = markdown_table(rows, demo_modes)
     title = (
-        f"{cfg.task}: {cfg.steps} steps x {cfg.batch_rows} rows per model, {cfg.episodes} episodes"
+        f"{cfg.task}: {cfg.steps} steps x {cfg.batch_size} examples per model, "
+        f"{cfg.episodes} episodes"
     )
     plot = plot_results(rows, out / "demo.png", title)
     said = verdict(rows, train, curves, cfg.curve_episodes)

@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 
 LATE = {"kind": "distributional", "noise_injection": "late"}
+INPUT = {"kind": "distributional", "noise_injection": "concat"}
 LOSSES = {
     "mse": {"kind": "mean", "loss": {"kind": "mse"}},
     "mse bf16": {"kind": "mean", "loss": {"kind": "mse"}, "precision": "bf16"},
-    "energy_m4": {"kind": "distributional", "loss": {"kind": "energy", "m": 4}},
-    "energy_m8": {"kind": "distributional", "loss": {"kind": "energy", "m": 8}},
-    "energy_m16": {"kind": "distributional", "loss": {"kind": "energy", "m": 16}},
+    "energy_m4 input": {**INPUT, "loss": {"kind": "energy", "m": 4}},
+    "energy_m8 input": {**INPUT, "loss": {"kind": "energy", "m": 8}},
+    "energy_m16 input": {**INPUT, "loss": {"kind": "energy", "m": 16}},
     "energy_m4 late": {**LATE, "loss": {"kind": "energy", "m": 4}},
     "energy_m8 late": {**LATE, "loss": {"kind": "energy", "m": 8}},
     "energy_m16 late": {**LATE, "loss": {"kind": "energy", "m": 16}},

@@ -40,7 +40,8 @@ def test_train_composes_groups_and_rejects_typos():
     assert cfg.sampler.kind == "ddim" and cfg.network.down_dims == (256, 512, 1024)
     cfg = compose("train", ["dataset.path=x.zarr"])
     assert cfg.policy.kind == "distributional" and cfg.sampler.kind == "distributional"
-    assert cfg.loss.kind == "energy" and cfg.training.batch_size == 64
+    assert cfg.loss.kind == "energy" and cfg.training.batch_size == 256 and cfg.loss.m == 4
+    assert cfg.policy.noise_injection == "late"
     r = run("train", "dataset.path=x.zarr", "training.stpes=3")
     assert r.returncode == 2 and "training.stpes" in r.stderr
 

@@ -71,15 +71,16 @@ def test_image_encoders_run_once_per_example_not_per_generator_sample():
             lambda mod, inp, out, key=key: rows.setdefault(key, []).append(inp[0].shape[0])
         )
     net_rows = []
-    pol.net.register_forward_hook(lambda mod, inp, out: net_rows.append(out.shape[0]))
+    pol.net.register_forward_hook(lambda mod, inp, out: net_rows.append(tuple(out.shape[:2])))
     encoder_calls = []
     pol.obs_encoder.register_forward_hook(lambda mod, inp, out: encoder_calls.append(1))
     loss, _ = pol(image_batch(B))
     loss.backward()
     assert len(encoder_calls) == 1
-    # each camera's backbone sees the B x To frames once, while the UNet sees B x m rows
+    # each camera's backbone sees the B x To frames once; the UNet (late noise injection, the
+    # default) runs its trunk on B rows and returns m samples of each
     assert rows == {"cam0": [B * TO], "cam1": [B * TO]}
-    assert net_rows == [B * m]
+    assert net_rows == [(B, m)]
     backbone = pol.obs_encoder.image_encoders["cam0"].backbone
     assert backbone.conv1.weight.grad is not None and backbone.conv1.weight.grad.abs().sum() > 0
 

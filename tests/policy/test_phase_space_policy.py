@@ -33,7 +33,8 @@ def psld_policy(kind):
 @pytest.mark.parametrize("kind", ["mean", "distributional"])
 def test_phase_space_policy_trains_and_samples_with_every_method(kind):
     pol = psld_policy(kind)
-    assert pol.net.in_channels == 4 + (2 if kind == "distributional" else 0)  # (x, m) per dim
+    assert pol.net.in_channels == 4  # (x, m) per action dimension; the noise enters late
+    assert pol.net.noise_dim == (32 if kind == "distributional" else 0)
     batch = {"obs": {"state": torch.randn(6, 2, 3)}, "action": torch.rand(6, 8, 2) * 2 - 1}
     loss, _ = pol(batch)
     loss.backward()

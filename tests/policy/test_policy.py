@@ -55,15 +55,17 @@ def test_forward_returns_finite_loss_and_does_not_mutate_batch(kind):
     assert torch.equal(b["obs"]["state"], before["obs"]["state"])
 
 
-def test_encoder_runs_once_per_example_not_per_generator_sample():
-    pol = make_policy("distributional", loss={"kind": "energy", "m": 8})
+@pytest.mark.parametrize("injection,shape", [("concat", (40,)), ("late", (5, 8))])
+def test_encoder_runs_once_per_example_not_per_generator_sample(injection, shape):
+    pol = make_policy("distributional", loss={"kind": "energy", "m": 8}, noise_injection=injection)
     calls = []
     pol.obs_encoder.register_forward_hook(lambda mod, inp, out: calls.append(out.shape[0]))
     rows = []
-    pol.net.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
+    pol.net.register_forward_hook(lambda mod, inp, out: rows.append(tuple(out.shape[: len(shape)])))
     pol(batch(B=5))
     assert calls == [5]  # one encoder call, on the 5 examples
-    assert rows == [40]  # the network sees 5 x 8 generator rows
+    # concat: the network sees 5 x 8 generator rows; late: 5 rows, 8 samples of each
+    assert rows == [shape]
 
 
 def test_predict_action_shapes_and_window_slice():
