@@ -31,7 +31,10 @@ SAMPLERS = {
     "distributional-2 churn 1": {"kind": "distributional", "steps": 2, "churn": 1.0},
     "ddim-4": {"kind": "ddim", "steps": 4},
 }
-TOL = 1e-4  # normalized action units
+TOL = 1e-4  # normalized action units (measured: <= 2.2e-6 for the distributional samplers)
+# DDIM's first step divides the eps error by alpha(1) ~ 0.0016: float32 rounding differences
+# between the two runtimes grow to 3.4e-4 over 300 random pairs (an untrained tiny model)
+DDIM_TOL = 1e-3
 
 
 def policy(kind="distributional", shape_meta=LOWDIM, **cfg):
@@ -63,7 +66,7 @@ def normalized_gap(pol, torch_pred, onnx_pred) -> float:
     return float((a - b).abs().max())
 
 
-def check_parity(pol, path, sampler, shape_meta, batches=(1, 3), prefix=False):
+def check_parity(pol, path, sampler, shape_meta, batches=(1, 3), prefix=False, tol=TOL):
     runtime = OnnxPolicy(path)
     for B in batches:
         obs = observations(shape_meta, B)
@@ -74,7 +77,7 @@ def check_parity(pol, path, sampler, shape_meta, batches=(1, 3), prefix=False):
                                   generator=torch.Generator().manual_seed(7), **kw)  # fmt: skip
         got = runtime.predict_action(obs, generator=torch.Generator().manual_seed(7), **kw)
         gap = normalized_gap(pol, want["action_pred"], got["action_pred"])
-        assert gap <= TOL, (B, gap)
+        assert gap <= tol, (B, gap)
         assert np.array_equal(got["action"], got["action_pred"][:, 1:5])
 
 
@@ -84,13 +87,14 @@ def test_low_dim_policy_parity_for_each_sampler(tmp_path, name):
     pol = policy("mean" if sampler["kind"] == "ddim" else "distributional")
     meta = export_onnx(pol, tmp_path / "p.onnx", sampler)
     assert meta["batch"] == "dynamic" and meta["sampler"]["kind"] == sampler["kind"]
-    check_parity(pol, tmp_path / "p.onnx", sampler, LOWDIM)
+    tol = DDIM_TOL if sampler["kind"] == "ddim" else TOL
+    check_parity(pol, tmp_path / "p.onnx", sampler, LOWDIM, batches=(1, 100), tol=tol)
 
 
-def test_late_injection_prefix_and_fixed_batch(tmp_path):
-    pol = policy(noise_injection="late", prefix_steps=2)
-    export_onnx(pol, tmp_path / "late.onnx", SAMPLERS["distributional-2 churn 1"])
-    check_parity(pol, tmp_path / "late.onnx", SAMPLERS["distributional-2 churn 1"], LOWDIM,
+def test_input_noise_prefix_and_fixed_batch(tmp_path):
+    pol = policy(noise_injection="concat", prefix_steps=2)
+    export_onnx(pol, tmp_path / "concat.onnx", SAMPLERS["distributional-2 churn 1"])
+    check_parity(pol, tmp_path / "concat.onnx", SAMPLERS["distributional-2 churn 1"], LOWDIM,
                  prefix=True)  # fmt: skip
     export_onnx(pol, tmp_path / "b2.onnx", None, batch=2)
     fixed = OnnxPolicy(tmp_path / "b2.onnx")
