@@ -224,6 +224,7 @@ class Trainer:
         restore_rng(*ts["rng"])
         budgeted = self.cfg.time_budget_s is not None
         self.total_steps = new_total(path, self.cfg.steps, self.total_steps, self.step, budgeted)
+        self._truncate_metrics(self.step)  # a killed run logged past its checkpoint
         print(f"resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
         return True
 

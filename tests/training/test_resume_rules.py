@@ -32,14 +32,15 @@ def test_settings_a_resume_cannot_honour_are_refused(bimodal_zarr, tmp_path, cha
         train_from_config(fast_cfg(bimodal_zarr, run, "training.steps=20", change))
 
 
-def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(bimodal_zarr, tmp_path):
+@pytest.mark.parametrize("every", [1000, 10])  # killed before its first checkpoint / after one
+def test_a_killed_run_logs_each_step_once(bimodal_zarr, tmp_path, every):
     from diffusion_policy_dist.training import trainer as trainer_mod
 
     class Killed(Exception):
         pass
 
     run = tmp_path / "run"
-    cfg = ("training.steps=30", "training.checkpoint_every=1000")
+    cfg = ("training.steps=30", f"training.checkpoint_every={every}", "training.val_every=5")
     orig_fit = trainer_mod.Trainer.fit
 
     def fit_then_die(self, callback=None):
@@ -56,8 +57,11 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(bimodal_za
     finally:
         trainer_mod.Trainer.fit = orig_fit
     assert steps_logged(run) == [10, 20]
-    train_from_config(fast_cfg(bimodal_zarr, run, *cfg))  # starts over
+    train_from_config(fast_cfg(bimodal_zarr, run, *cfg))  # starts over, or resumes at 20
     assert steps_logged(run) == [10, 20, 30]
+    records = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    validated = [r["step"] for r in records if "val_loss" in r]
+    assert validated == sorted(set(validated)) and validated[-1] == 30
 
 
 def test_leftover_checkpoint_copies_are_removed_after_a_save(bimodal_zarr, tmp_path):
