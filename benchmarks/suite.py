@@ -191,8 +191,12 @@ def train_many(jobs: int, runs: Sequence[tuple[Sequence[str], str | Path]], quie
     process; give them a torch thread each); a signal reaches every running training."""
     import concurrent.futures as cf
 
+    def start(overrides: Sequence[str], out: str | Path) -> dict[str, Any] | None:
+        # after a signal the runs still queued never start (they would outlive it)
+        return None if received else train_run(overrides, out, quiet)
+
     with forwarding_signals() as received, cf.ThreadPoolExecutor(max(1, jobs)) as ex:
-        futures = [ex.submit(train_run, o, d, quiet) for o, d in runs]
+        futures = [ex.submit(start, o, d) for o, d in runs]
         results = [f.result() for f in futures]
     if received:
         raise TrainingStopped(received[0], "the benchmark's work folder")

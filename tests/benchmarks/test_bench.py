@@ -175,3 +175,26 @@ def test_demo_verdict_judges_convergence_by_validation_success():
     assert flatten_step([(1, 0.8), (2, 0.85), (3, 1.0)], 20) == 2
     assert flatten_step([(1, 0.8), (2, 0.85), (3, 1.0)], 200) == 3
     assert flatten_step([(5, 0.3)], 20) is None
+
+
+def test_after_a_signal_the_queued_trainings_never_start(monkeypatch):
+    """A signal stops the running training; the bench must stop too, not start the next run."""
+    import os
+    import signal
+    import time
+
+    from diffusion_policy_dist.benchmarks import suite
+
+    started = []
+
+    def fake_train_run(overrides, out, quiet=False):
+        started.append(out)
+        if len(started) == 1:  # the first run is signalled while it trains
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the main thread's handler runs meanwhile
+        return {"step": 1}
+
+    monkeypatch.setattr(suite, "train_run", fake_train_run)
+    with pytest.raises(suite.TrainingStopped):
+        suite.train_many(1, [([], "a"), ([], "b"), ([], "c")])
+    assert started == ["a"]
