@@ -241,8 +241,8 @@ class MSELoss(LossConfig):
 
 @dataclass
 class _SampleLoss(LossConfig):
-    # 4: with late noise injection, as good as 8 on Push-T at 1.29x (not 1.66x) DDPM's FLOPs
-    # per step (benchmarks/results/train_efficiency/pusht_keypoints.md)
+    # 4: with late noise injection, 1.29x DDPM's FLOPs per step (8: 1.66x); on Push-T a score
+    # of 0.91 against m = 8's 0.94 (one seed; benchmarks/results/train_efficiency/)
     m: int = 4
 
     @property

@@ -224,7 +224,6 @@ class Trainer:
         restore_rng(*ts["rng"])
         budgeted = self.cfg.time_budget_s is not None
         self.total_steps = new_total(path, self.cfg.steps, self.total_steps, self.step, budgeted)
-        self._truncate_metrics(self.step)  # a killed run logged past its checkpoint
         print(f"resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
         return True
 
@@ -406,8 +405,9 @@ class Trainer:
         """Train until ``total_steps`` (or the wall-clock budget, or SIGINT/SIGTERM: then
         ``stop_signal`` is set). Saves a final checkpoint and returns a summary dict."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if not self.try_resume():
-            self._truncate_metrics(0)  # lines of an earlier run killed before its checkpoint
+        self.try_resume()
+        # lines a killed run logged after its last checkpoint (or before its first) are redone
+        self._truncate_metrics(self.step)
         self._open_tensorboard()
         start = (self.epoch, self.batch_in_epoch)
         pin = self.device.type == "cuda"
